@@ -1,0 +1,35 @@
+"""Concept catalogue (text + edit program), source photos and paired-data generation."""
+
+from weightgen.concepts.catalogue import (
+    FAMILIES,
+    SPLITS,
+    Concept,
+    UnknownConceptError,
+    base_concepts,
+    catalogue,
+    concepts,
+    get_concept,
+)
+from weightgen.concepts.edits import EDITS, Edit, apply_program
+from weightgen.concepts.images import COLLECT_PHOTOS, EVAL_PHOTOS, load_photo, random_crops
+from weightgen.concepts.pairs import make_pairs, save_concept_grid
+
+__all__ = [
+    "COLLECT_PHOTOS",
+    "EDITS",
+    "EVAL_PHOTOS",
+    "FAMILIES",
+    "SPLITS",
+    "Concept",
+    "Edit",
+    "UnknownConceptError",
+    "apply_program",
+    "base_concepts",
+    "catalogue",
+    "concepts",
+    "get_concept",
+    "load_photo",
+    "make_pairs",
+    "random_crops",
+    "save_concept_grid",
+]

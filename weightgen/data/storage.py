@@ -1,0 +1,423 @@
+"""Storage roots addressed by URI: a plain path or ``file://...`` (local) and ``s3://bucket/prefix``.
+
+The one module that touches storage. Keys are '/'-separated paths relative to the root. Writes are
+atomic: a temporary name (basename containing ``.wgtmp-``) that ``list`` never shows, then the final
+name. boto3 is imported only when an ``s3://`` URI is opened; its endpoint comes from the standard
+``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` variables, which botocore reads itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+
+log = logging.getLogger(__name__)
+
+TMP_MARK = ".wgtmp-"
+_S3_RETRIES = {"max_attempts": 8, "mode": "standard"}
+
+
+class StorageError(RuntimeError):
+    """One line: which URI/key failed and what to do."""
+
+
+class KeyNotFoundError(StorageError):
+    """``read_bytes`` of a key that does not exist."""
+
+
+def _check_key(key: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(key, str):
+        raise StorageError(f"storage key must be a str, got {type(key).__name__}")
+    key = key.strip("/")
+    if not key and not allow_empty:
+        raise StorageError("storage key is empty")
+    if key and any(part in ("", ".", "..") for part in key.split("/")):
+        raise StorageError(f"bad storage key {key!r}: no empty, '.' or '..' components")
+    return key
+
+
+def _tmp_name(key: str) -> str:
+    """``a/b.tar`` -> ``a/.b.tar.wgtmp-<hex>`` (same folder, hidden, excluded by ``list``)."""
+    head, _, base = key.rpartition("/")
+    tmp = f".{base}{TMP_MARK}{uuid.uuid4().hex}"
+    return f"{head}/{tmp}" if head else tmp
+
+
+def is_temp_key(key: str) -> bool:
+    return TMP_MARK in key.rpartition("/")[2]
+
+
+class Storage:
+    """Interface; see LocalStorage and S3Storage. ``uri`` names the root."""
+
+    uri: str
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def write_file(self, key: str, local_path: str | os.PathLike) -> None:
+        raise NotImplementedError
+
+    def read_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, prefix: str = "") -> list[str]:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def child(self, subdir: str) -> Storage:
+        raise NotImplementedError
+
+    def local_path(self, key: str = "") -> Path | None:
+        return None
+
+    def check_writable(self) -> None:
+        raise NotImplementedError
+
+    def join(self, key: str) -> str:
+        """Full URI of ``key`` (for messages)."""
+        key = key.strip("/")
+        return f"{self.uri.rstrip('/')}/{key}" if key else self.uri
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.uri == self.uri
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.uri))
+
+
+# --------------------------------------------------------------------------------------------
+# Local filesystem
+# --------------------------------------------------------------------------------------------
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().absolute()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def _publish(self, key: str, fill) -> None:
+        """``fill(tmp_path)`` writes the content; then rename onto the final name."""
+        path = self._path(key)
+        tmp = self.root / _tmp_name(_check_key(key))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fill(tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise StorageError(
+                f"cannot write {path}: {e.strerror or e}; check that the folder is writable"
+            ) from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        def fill(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+
+        self._publish(key, fill)
+
+    def write_file(self, key: str, local_path: str | os.PathLike) -> None:
+        src = Path(local_path)
+        if not src.is_file():
+            raise StorageError(f"cannot upload {src} to {self.join(key)}: not a file")
+        self._publish(key, lambda tmp: shutil.copyfile(src, tmp))
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise KeyNotFoundError(f"no such file: {path}") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        if not self.root.is_dir():
+            return []
+        keys = []
+        for dirpath, _, files in os.walk(self.root):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in files:
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix) and not is_temp_key(key):
+                    keys.append(key)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot delete {path}: {e.strerror or e}") from None
+
+    def child(self, subdir: str) -> LocalStorage:
+        return LocalStorage(self.root / _check_key(subdir))
+
+    def local_path(self, key: str = "") -> Path:
+        key = _check_key(key, allow_empty=True)
+        return self.root / key if key else self.root
+
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(
+                f"cannot create output folder {self.root}: {e.strerror or e}; "
+                "choose another --out or remove what is in the way"
+            ) from None
+        probe = _tmp_name("write-probe")
+        self.write_bytes(probe, b"")
+        self.delete(probe)
+
+
+# --------------------------------------------------------------------------------------------
+# S3 (boto3)
+# --------------------------------------------------------------------------------------------
+
+
+class S3Storage(Storage):
+    """``s3://bucket/prefix``. Picklable (the client is rebuilt lazily, e.g. inside a Ray task)."""
+
+    def __init__(self, bucket: str, prefix: str = ""):
+        if not bucket:
+            raise StorageError("s3 URI has no bucket: use s3://bucket/prefix")
+        self.bucket = bucket
+        self.prefix = _check_key(prefix, allow_empty=True)
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._client_obj = None
+
+    def __getstate__(self) -> dict:
+        return {"bucket": self.bucket, "prefix": self.prefix, "uri": self.uri}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._client_obj = None
+
+    @property
+    def _client(self):
+        if self._client_obj is None:
+            try:
+                import boto3
+                from botocore.config import Config
+            except ImportError:
+                raise StorageError(f"{self.uri}: s3:// needs boto3 (pip install boto3)") from None
+            s3_opts = {}
+            if os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
+                s3_opts["addressing_style"] = "path"  # MinIO, SeaweedFS, moto on an IP endpoint
+            config = Config(
+                retries=dict(_S3_RETRIES), connect_timeout=10, read_timeout=60, s3=s3_opts or None
+            )
+            self._client_obj = boto3.session.Session().client("s3", config=config)
+        return self._client_obj
+
+    def _key(self, key: str) -> str:
+        key = _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, action: str, key: str, e: Exception) -> StorageError:
+        from botocore.exceptions import (
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        where = self.join(key)
+        if isinstance(e, NoCredentialsError | PartialCredentialsError):
+            return StorageError(
+                f"cannot {action} {where}: no AWS credentials; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+            )
+        if isinstance(e, EndpointConnectionError):
+            return StorageError(
+                f"cannot {action} {where}: S3 endpoint unreachable ({e}); check AWS_ENDPOINT_URL"
+            )
+        if isinstance(e, ClientError):
+            err = e.response.get("Error", {})
+            code = err.get("Code", "?")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return KeyNotFoundError(f"no such key: {where}")
+            if code == "NoSuchBucket":
+                return StorageError(
+                    f"cannot {action} {where}: bucket {self.bucket!r} does not exist; "
+                    "check the name or create it"
+                )
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                return StorageError(
+                    f"cannot {action} {where}: access denied ({code}); check the credentials' "
+                    "permissions on this bucket"
+                )
+            return StorageError(f"cannot {action} {where}: {code}: {err.get('Message', '')}")
+        return StorageError(f"cannot {action} {where}: {type(e).__name__}: {e}")
+
+    def _promote(self, tmp: str, key: str) -> None:
+        """Copy temp key -> final key (multipart for big objects), then delete the temp key."""
+        c = self._client
+        try:
+            c.copy({"Bucket": self.bucket, "Key": tmp}, self.bucket, self._key(key))
+        finally:
+            c.delete_object(Bucket=self.bucket, Key=tmp)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        tmp = self._key(_tmp_name(_check_key(key)))
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=tmp, Body=bytes(data))
+            self._promote(tmp, key)
+        except StorageError:
+            raise
+        except Exception as e:
+            raise self._error("write", key, e) from None
+
+    def write_file(self, key: str, local_path: str | os.PathLike) -> None:
+        src = Path(local_path)
+        if not src.is_file():
+            raise StorageError(f"cannot upload {src} to {self.join(key)}: not a file")
+        tmp = self._key(_tmp_name(_check_key(key)))
+        try:
+            self._client.upload_file(str(src), self.bucket, tmp)  # multipart above 8 MiB
+            self._promote(tmp, key)
+        except StorageError:
+            raise
+        except Exception as e:
+            raise self._error("upload", key, e) from None
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            obj = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return obj["Body"].read()
+        except StorageError:
+            raise
+        except Exception as e:
+            raise self._error("read", key, e) from None
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except StorageError:
+            raise
+        except Exception as e:
+            err = self._error("check", key, e)
+            if isinstance(err, KeyNotFoundError):
+                return False
+            raise err from None
+
+    def list(self, prefix: str = "") -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        keys = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=root + prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(root) :]
+                    if key and not is_temp_key(key):
+                        keys.append(key)
+        except StorageError:
+            raise
+        except Exception as e:
+            raise self._error("list", prefix, e) from None
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except StorageError:
+            raise
+        except Exception as e:
+            raise self._error("delete", key, e) from None
+
+    def child(self, subdir: str) -> S3Storage:
+        sub = _check_key(subdir)
+        return S3Storage(self.bucket, f"{self.prefix}/{sub}" if self.prefix else sub)
+
+    def check_writable(self) -> None:
+        from botocore.exceptions import ClientError
+
+        c = self._client
+        try:
+            c.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "?")
+            if code not in ("404", "NoSuchBucket", "NotFound"):
+                raise self._error("access bucket of", "", e) from None
+            self._create_bucket()
+        except Exception as e:
+            raise self._error("access bucket of", "", e) from None
+        probe = _tmp_name("write-probe")
+        try:
+            c.put_object(Bucket=self.bucket, Key=self._key(probe), Body=b"")
+            c.delete_object(Bucket=self.bucket, Key=self._key(probe))
+        except Exception as e:
+            raise self._error("write", probe, e) from None
+
+    def _create_bucket(self) -> None:
+        c = self._client
+        region = c.meta.region_name
+        kw = {}
+        if region and region != "us-east-1":
+            kw["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            c.create_bucket(Bucket=self.bucket, **kw)
+            log.info("created bucket s3://%s", self.bucket)
+        except Exception as e:
+            code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._error("create bucket for", "", e) from None
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def open_storage(uri: str | os.PathLike | Storage) -> Storage:
+    """Plain path or ``file://`` -> LocalStorage; ``s3://bucket/prefix`` -> S3Storage."""
+    if isinstance(uri, Storage):
+        return uri
+    if isinstance(uri, os.PathLike):
+        return LocalStorage(uri)
+    if not isinstance(uri, str) or not uri:
+        raise StorageError(
+            f"bad storage URI {uri!r}: give a path, file://PATH or s3://bucket/prefix"
+        )
+    if "://" not in uri:
+        return LocalStorage(uri)
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        host = parsed.netloc
+        path = unquote(parsed.path)
+        if host and host != "localhost":  # file://relative/dir
+            path = host + path
+        if not path:
+            raise StorageError(f"bad storage URI {uri!r}: file:// needs a path")
+        return LocalStorage(path)
+    if scheme in ("s3", "s3a"):
+        prefix = str(PurePosixPath(unquote(parsed.path))).strip("/") if parsed.path else ""
+        return S3Storage(parsed.netloc, "" if prefix == "." else prefix)
+    raise StorageError(
+        f"unsupported storage URI {uri!r}: use a path, file://PATH or s3://bucket/prefix"
+    )

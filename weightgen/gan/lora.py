@@ -1,0 +1,80 @@
+"""LoRA on the base generator through peft.
+
+Contract: LoRA tensors are named like `stem.lora_A.weight` (peft's adapter-free names); every concept's
+A matrices start from one shared seed (one weight basis for the whole dataset, so weight-space
+symmetries do not make it unlearnable) and B from zero, so a fresh LoRA is the identity edit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from torch import nn
+
+from weightgen.blocks import LayoutMismatchError
+from weightgen.config import LoRAConfig
+
+
+def attach_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+    """Inject LoRA adapters into `model` (in place), freeze everything else, init A/B as above."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    peft_cfg = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.targets), lora_dropout=0.0, bias="none"
+    )
+    model = inject_adapter_in_model(peft_cfg, model)
+    init_shared_lora(model, cfg.shared_seed)
+    return model
+
+
+def _lora_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if ".lora_" in n}
+
+
+@torch.no_grad()
+def init_shared_lora(model: nn.Module, seed: int) -> None:
+    """A ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from `seed`, in sorted-name order; B = 0."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in sorted(_lora_params(model).items()):
+        if ".lora_A." in name:
+            fan_in = p[0].numel()
+            bound = 1.0 / math.sqrt(fan_in)
+            p.copy_(torch.rand(p.shape, generator=gen, dtype=torch.float32) * 2 * bound - bound)
+        else:
+            p.zero_()
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached float32 CPU copies, keyed by adapter-free names, sorted."""
+    sd = get_peft_model_state_dict(model)
+    return {k: v.detach().float().cpu().clone() for k, v in sorted(sd.items())}
+
+
+def load_lora(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Load a LoRA state dict produced by `lora_state_dict` (or reassembled from blocks)."""
+    expected = lora_state_dict(model)
+    missing = sorted(set(expected) - set(sd))
+    extra = sorted(set(sd) - set(expected))
+    if missing or extra:
+        raise LayoutMismatchError(
+            f"LoRA does not fit this base: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}"
+        )
+    for k, v in expected.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise LayoutMismatchError(
+                f"LoRA tensor {k} has shape {tuple(sd[k].shape)}, the base expects {tuple(v.shape)}"
+            )
+    result = set_peft_model_state_dict(model, {k: v.float() for k, v in sd.items()})
+    bad = [k for k in getattr(result, "unexpected_keys", []) if ".lora_" in k]
+    if bad:
+        raise LayoutMismatchError(f"LoRA keys not loaded: {bad[:3]}")
+
+
+def lora_trainable(model: nn.Module) -> list[nn.Parameter]:
+    params = list(_lora_params(model).values())
+    for p in params:
+        p.requires_grad_(True)
+    return params
