@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -166,6 +167,13 @@ def _amount(v: float, cuts: Sequence[float], words: Sequence[str]) -> str:
     return words[-1]
 
 
+def _a(word: object) -> str:
+    """'a word' or 'an word' by the sound of its first letter or number (8, 11, 18, 80...)."""
+    w = str(word)
+    vowel = w[:1].lower() in tuple("aeiou") or re.match(r"(8|11|18)(\D|$)|8\d", w) is not None
+    return f"{'an' if vowel else 'a'} {w}"
+
+
 def _fmt(v: float) -> str:
     return f"{v:g}"
 
@@ -202,7 +210,7 @@ def _tone() -> Iterator[Spec]:
             return (
                 f"increase the contrast {adv} (by {_pct(f - 1)})",
                 f"make the image punchier with {_pct(f - 1)} more contrast",
-                f"stretch the tones apart for a {_pct(f - 1)} contrast boost",
+                f"stretch the tones apart for {_a(_pct(f - 1))} contrast boost",
             )
         adv = _amount(1 - f, (0.2, 0.4), ("a little", "clearly", "a lot"))
         return (
@@ -258,7 +266,7 @@ def _tone() -> Iterator[Spec]:
         return (
             f"rotate the hues {way} by {abs(deg):g} degrees",
             f"shift every colour {abs(deg):g} degrees {way} around the colour wheel",
-            f"a {abs(deg):g} degree hue shift {way}",
+            f"{_a(f'{abs(deg):g}')} degree hue shift {way}",
         )
 
     def temp(a: float) -> tuple[str, ...]:
@@ -282,34 +290,48 @@ def _tone() -> Iterator[Spec]:
             yield "tone", (_e(op, **{key: v}),), words(v), "heldout"
 
     yield from grid(
-        "brightness", "delta", (0.05, 0.1, 0.15, 0.2, 0.3, -0.05, -0.1, -0.15, -0.2, -0.3), bright,
+        "brightness",
+        "delta",
+        (0.05, 0.1, 0.15, 0.2, 0.3, -0.05, -0.1, -0.15, -0.2, -0.3),
+        bright,
         (0.25, -0.25),
-    )  # fmt: skip
+    )
     yield from grid("contrast", "factor", (0.5, 0.7, 0.85, 1.2, 1.4, 1.7, 2.0), contr, (1.55,))
     yield from grid("gamma", "gamma", (0.5, 0.65, 0.8, 1.25, 1.5, 2.0), gam, (1.75,))
     yield from grid("saturation", "factor", (0.0, 0.25, 0.5, 0.75, 1.3, 1.6, 2.0), sat, (1.15,))
+    yield from grid("hue", "degrees", (30, 60, 90, 120, 180, -30, -60, -90, -120), hue_, (45, -150))
     yield from grid(
-        "hue", "degrees", (30, 60, 90, 120, 180, -30, -60, -90, -120), hue_, (45, -150)
-    )  # fmt: skip
-    yield from grid(
-        "temperature", "amount", (0.05, 0.1, 0.15, 0.2, 0.3, -0.05, -0.1, -0.15, -0.2, -0.3), temp,
+        "temperature",
+        "amount",
+        (0.05, 0.1, 0.15, 0.2, 0.3, -0.05, -0.1, -0.15, -0.2, -0.3),
+        temp,
         (-0.25,),
-    )  # fmt: skip
+    )
 
 
 def _tint() -> Iterator[Spec]:
     def tint_words(c: str, s: float) -> tuple[str, ...]:
         adj = _amount(s, (0.35, 0.5, 0.7), ("light", "medium", "strong", "very strong"))
         return (
-            f"give the photo a {adj} {c} tint",
+            f"give the photo {_a(adj)} {c} tint",
             f"wash the image with {c} at {_pct(s)} strength",
             f"colour grade it towards {c}, {_pct(s)} of the way",
         )
 
     tint_colors = (
-        "red", "orange", "gold", "green", "teal", "cyan", "blue", "purple", "magenta", "pink",
-        "brown", "lime",
-    )  # fmt: skip
+        "red",
+        "orange",
+        "gold",
+        "green",
+        "teal",
+        "cyan",
+        "blue",
+        "purple",
+        "magenta",
+        "pink",
+        "brown",
+        "lime",
+    )
     for c in tint_colors:
         for s in (0.3, 0.6):
             yield "tint", (_e("tint", color=COLORS[c], strength=s),), tint_words(c, s), "train"
@@ -317,16 +339,33 @@ def _tint() -> Iterator[Spec]:
         yield "tint", (_e("tint", color=COLORS[c], strength=s),), tint_words(c, s), "heldout"
 
     darks = (
-        "navy", "black", "indigo", "purple", "crimson", "forest green", "maroon", "teal", "brown",
+        "navy",
+        "black",
+        "indigo",
+        "purple",
+        "crimson",
+        "forest green",
+        "maroon",
+        "teal",
+        "brown",
         "blue",
-    )  # fmt: skip
+    )
     lights = (
-        "yellow", "cream", "pink", "cyan", "orange", "gold", "mint", "light blue", "peach", "lime",
-    )  # fmt: skip
+        "yellow",
+        "cream",
+        "pink",
+        "cyan",
+        "orange",
+        "gold",
+        "mint",
+        "light blue",
+        "peach",
+        "lime",
+    )
 
     def duo_words(d: str, li: str) -> tuple[str, ...]:
         return (
-            f"turn it into a {d} and {li} duotone",
+            f"turn it into {_a(d)} and {li} duotone",
             f"map the shadows to {d} and the highlights to {li}",
             f"print the photo in two colours, {d} for dark areas and {li} for bright ones",
         )
@@ -345,15 +384,19 @@ def _tint() -> Iterator[Spec]:
     def split_words(sh: str, hi: str, s: float) -> tuple[str, ...]:
         adj = _amount(s, (0.5, 0.8), ("subtle", "clear", "bold"))
         return (
-            f"tint the image {sh} and {hi} with a {adj} split tone",
+            f"tint the image {sh} and {hi} with {_a(adj)} split tone",
             f"push the shadows towards {sh} and the highlights towards {hi} ({_pct(s)})",
-            f"a {sh}-and-{hi} colour grade at {_pct(s)} strength",
+            f"{_a(sh)}-and-{hi} colour grade at {_pct(s)} strength",
         )
 
     split_train = (
-        ("teal", "orange"), ("blue", "yellow"), ("purple", "gold"), ("green", "magenta"),
-        ("navy", "peach"), ("cyan", "red"),
-    )  # fmt: skip
+        ("teal", "orange"),
+        ("blue", "yellow"),
+        ("purple", "gold"),
+        ("green", "magenta"),
+        ("navy", "peach"),
+        ("cyan", "red"),
+    )
     for sh, hi in split_train:
         for s in (0.5, 1.0):
             prog = (_e("split_tone", shadows=COLORS[sh], highlights=COLORS[hi], strength=s),)
@@ -372,10 +415,10 @@ def _colormap() -> Iterator[Spec]:
             return (
                 f"recolour the image with the {desc} colour map{inv}",
                 f"false-colour the brightness using the {short} palette",
-                f"map every gray level to a {short} colour",
+                f"map every gray level to {_a(short)} colour",
             )
         return (
-            f"blend a {desc} colour map{inv} over the photo at {_pct(mix)}",
+            f"blend {_a(desc)} colour map{inv} over the photo at {_pct(mix)}",
             f"mix {_pct(mix)} of {short} false colour into the image",
             f"partly recolour the photo with the {short} palette ({_pct(mix)})",
         )
@@ -388,8 +431,13 @@ def _colormap() -> Iterator[Spec]:
         if k % 2 == 0:
             prog = (_e("colormap", name=name, mix=1.0, reverse=1.0),)
             yield "colormap", prog, words(name, 1.0, True), "train"
-    held = (("viridis", 0.75, False), ("hot", 0.75, False), ("ocean", 0.75, False),
-            ("plasma", 1.0, True), ("winter", 1.0, True))  # fmt: skip
+    held = (
+        ("viridis", 0.75, False),
+        ("hot", 0.75, False),
+        ("ocean", 0.75, False),
+        ("plasma", 1.0, True),
+        ("winter", 1.0, True),
+    )
     for name, mix, rev in held:
         prog = (_e("colormap", name=name, mix=mix, reverse=float(rev)),)
         yield "colormap", prog, words(name, mix, rev), "heldout"
@@ -408,10 +456,10 @@ def _sepia() -> Iterator[Spec]:
         adj = _amount(s, (0.45, 0.75), ("light", "warm", "full"))
         extra = ""
         extra += f", faded by {_pct(f)}" if f else ""
-        extra += f" with a {_pct(v)} dark vignette" if v else ""
+        extra += f" with {_a(_pct(v))} dark vignette" if v else ""
         old = "an old photograph" if f or v else "an antique print"
         return (
-            f"give the photo a {adj} sepia tone ({_pct(s)}){extra}",
+            f"give the photo {_a(adj)} sepia tone ({_pct(s)}){extra}",
             f"make it look like {old}: sepia at {_pct(s)}{extra}",
             f"vintage brown toning, {_pct(s)} strength{extra}",
         )
@@ -424,7 +472,7 @@ def _sepia() -> Iterator[Spec]:
     def fade_words(f: float) -> tuple[str, ...]:
         adj = _amount(f, (0.3, 0.6), ("slightly", "clearly", "heavily"))
         return (
-            f"give the photo a {adj} faded matte look ({_pct(f)})",
+            f"give the photo {_a(adj)} faded matte look ({_pct(f)})",
             f"lift the blacks and dull the whites by {_pct(f)} for a film fade",
             f"wash the image out like an old print, fade {_pct(f)}",
         )
@@ -439,7 +487,7 @@ def _posterize() -> Iterator[Spec]:
         return (
             f"posterise the photo to {b} bit{'s' if b > 1 else ''} per channel",
             f"reduce every colour channel to {n} levels",
-            f"crush the colours into a {n}-step palette per channel",
+            f"crush the colours into {_a(n)}-step palette per channel",
         )
 
     def level_words(k: int, mono: bool) -> tuple[str, ...]:
@@ -479,8 +527,8 @@ def _blur() -> Iterator[Spec]:
     def words(s: float) -> tuple[str, ...]:
         adj = _amount(s, (0.9, 1.6, 2.5), ("very light", "soft", "strong", "heavy"))
         return (
-            f"apply a {adj} gaussian blur (sigma {_fmt(s)} pixels)",
-            f"soften the whole image with a {_fmt(s)} pixel blur",
+            f"apply {_a(adj)} gaussian blur (sigma {_fmt(s)} pixels)",
+            f"soften the whole image with {_a(_fmt(s))} pixel blur",
             f"make it out of focus, blur radius {_fmt(s)}",
         )
 
@@ -489,15 +537,20 @@ def _blur() -> Iterator[Spec]:
     def motion_words(length: int, angle: int) -> tuple[str, ...]:
         adj = "short" if length <= 5 else ("medium" if length <= 7 else "long")
         return (
-            f"add a {adj} {direction[angle]} motion blur ({length} pixels)",
+            f"add {_a(adj)} {direction[angle]} motion blur ({length} pixels)",
             f"smear the image {direction[angle]}ly as if moving fast, streak length {length}",
-            f"a {length} pixel {direction[angle]} camera shake blur",
+            f"{_a(length)} pixel {direction[angle]} camera shake blur",
         )
 
     for s in (0.6, 0.9, 1.2, 1.6, 2.0, 2.5, 3.0):
         yield "blur", (_e("blur", sigma=s),), words(s), "train"
     for length, angle in itertools.product((5, 9), (0, 45, 90, 135)):
-        yield "blur", (_e("motion_blur", length=length, angle=angle),), motion_words(length, angle), "train"  # fmt: skip
+        yield (
+            "blur",
+            (_e("motion_blur", length=length, angle=angle),),
+            motion_words(length, angle),
+            "train",
+        )
     yield "blur", (_e("blur", sigma=1.4),), words(1.4), "heldout"
     yield "blur", (_e("blur", sigma=3.5),), words(3.5), "heldout"
     yield "blur", (_e("motion_blur", length=7, angle=90),), motion_words(7, 90), "heldout"
@@ -509,7 +562,7 @@ def _sharpen() -> Iterator[Spec]:
         scale = _amount(s, (1.0, 1.6), ("fine details", "edges", "broad local contrast"))
         return (
             f"{adj} sharpen the {scale} (amount {_fmt(a)}, radius {_fmt(s)})",
-            f"unsharp mask with strength {_pct(a)} and a {_fmt(s)} pixel radius",
+            f"unsharp mask with strength {_pct(a)} and {_a(_fmt(s))} pixel radius",
             f"crisp up the {scale}, sharpening {_pct(a)} at radius {_fmt(s)}",
         )
 
@@ -525,7 +578,7 @@ def _edges() -> Iterator[Spec]:
         g = _fmt(strength)
         if style == "sketch":
             return (
-                f"turn the photo into a {adj} line sketch, dark lines on white (gain {g})",
+                f"turn the photo into {_a(adj)} line sketch, dark lines on white (gain {g})",
                 f"draw only the outlines in black on white paper, edge gain {g}",
                 f"an inverted edge map with {adj} strokes, gain {g}",
             )
@@ -545,13 +598,18 @@ def _edges() -> Iterator[Spec]:
         width = _amount(s, (1.0, 2.0), ("fine", "medium", "broad"))
         tone = "light" if d <= 1 else "dark"
         return (
-            f"make a {tone} pencil sketch with {width} strokes (radius {_fmt(s)}, darkness {_fmt(d)})",
+            f"make {_a(tone)} pencil sketch with {width} strokes (radius {_fmt(s)}, darkness {_fmt(d)})",
             f"redraw it as a graphite drawing, stroke radius {_fmt(s)} and shading {_fmt(d)}",
-            f"a {width}-stroke pencil drawing on white paper, {tone} shading {_fmt(d)}",
+            f"{_a(width)}-stroke pencil drawing on white paper, {tone} shading {_fmt(d)}",
         )
 
     for strength, style in itertools.product((1.5, 3.0, 5.0), ("sketch", "glow", "color")):
-        yield "edges", (_e("edges", strength=strength, style=style),), words(strength, style), "train"  # fmt: skip
+        yield (
+            "edges",
+            (_e("edges", strength=strength, style=style),),
+            words(strength, style),
+            "train",
+        )
     for s, d in itertools.product((1.0, 2.0, 4.0), (1.0, 2.5)):
         yield "edges", (_e("pencil", sigma=s, darkness=d),), pencil_words(s, d), "train"
     yield "edges", (_e("edges", strength=4.0, style="sketch"),), words(4.0, "sketch"), "heldout"
@@ -567,7 +625,7 @@ def _emboss() -> Iterator[Spec]:
             return (
                 f"emboss the image into {adj}gray relief lit from {frm} (depth {_fmt(strength)})",
                 f"press it into a gray metal plate, light coming from {frm}, depth {_fmt(strength)}",
-                f"a {adj}stamped gray relief with the light at {frm}, depth {_fmt(strength)}",
+                f"{_a(adj)}stamped gray relief with the light at {frm}, depth {_fmt(strength)}",
             )
         if color == 1:
             return (
@@ -583,11 +641,26 @@ def _emboss() -> Iterator[Spec]:
 
     for angle in LIGHT_FROM:
         for color in (0.0, 1.0):
-            yield "emboss", (_e("emboss", strength=2.0, angle=angle, color=color),), words(2.0, angle, color), "train"  # fmt: skip
+            yield (
+                "emboss",
+                (_e("emboss", strength=2.0, angle=angle, color=color),),
+                words(2.0, angle, color),
+                "train",
+            )
     for angle in (0, 90, 180, 270):
-        yield "emboss", (_e("emboss", strength=4.0, angle=angle, color=0.0),), words(4.0, angle, 0.0), "train"  # fmt: skip
+        yield (
+            "emboss",
+            (_e("emboss", strength=4.0, angle=angle, color=0.0),),
+            words(4.0, angle, 0.0),
+            "train",
+        )
     for s, angle, color in ((3.0, 45, 0.0), (2.0, 90, 0.5), (4.0, 180, 1.0)):
-        yield "emboss", (_e("emboss", strength=s, angle=angle, color=color),), words(s, angle, color), "heldout"  # fmt: skip
+        yield (
+            "emboss",
+            (_e("emboss", strength=s, angle=angle, color=color),),
+            words(s, angle, color),
+            "heldout",
+        )
 
 
 def _cartoon() -> Iterator[Spec]:
@@ -597,8 +670,8 @@ def _cartoon() -> Iterator[Spec]:
         )
         soft = "lightly smoothed" if smooth <= 1.5 else "heavily smoothed"
         return (
-            f"turn the photo into a {soft} cartoon with {k} colour levels and {lines}",
-            f"a {soft} comic-book look: {k} flat colour bands, {lines}",
+            f"turn the photo into {_a(soft)} cartoon with {k} colour levels and {lines}",
+            f"{_a(soft)} comic-book look: {k} flat colour bands, {lines}",
             f"cel-shade the image ({k} tones per channel, {lines}, smoothing {_fmt(smooth)})",
         )
 
@@ -612,11 +685,21 @@ def _cartoon() -> Iterator[Spec]:
         )
 
     for k, edge, smooth in itertools.product((3, 4, 6), (0.0, 1.0, 2.0), (1.5, 3.0)):
-        yield "cartoon", (_e("cartoon", levels=k, edge=edge, smooth=smooth),), words(k, edge, smooth), "train"  # fmt: skip
+        yield (
+            "cartoon",
+            (_e("cartoon", levels=k, edge=edge, smooth=smooth),),
+            words(k, edge, smooth),
+            "train",
+        )
     for size, boost in itertools.product((3, 5), (1.0, 1.4)):
         yield "cartoon", (_e("paint", size=size, boost=boost),), paint_words(size, boost), "train"
     for k, edge, smooth in ((5, 1.0, 1.5), (8, 2.0, 3.0)):
-        yield "cartoon", (_e("cartoon", levels=k, edge=edge, smooth=smooth),), words(k, edge, smooth), "heldout"  # fmt: skip
+        yield (
+            "cartoon",
+            (_e("cartoon", levels=k, edge=edge, smooth=smooth),),
+            words(k, edge, smooth),
+            "heldout",
+        )
     yield "cartoon", (_e("paint", size=5, boost=1.2),), paint_words(5, 1.2), "heldout"
 
 
@@ -626,20 +709,20 @@ def _vignette() -> Iterator[Spec]:
         reach = _amount(r, (0.3, 0.5), ("wide", "medium", "tight-to-the-corners"))
         if c == "black":
             return (
-                f"add a {adj} dark vignette ({_pct(s)}, {reach}, radius {_fmt(r)})",
+                f"add {_a(adj)} dark vignette ({_pct(s)}, {reach}, radius {_fmt(r)})",
                 f"darken the corners and edges by {_pct(s)}, starting at radius {_fmt(r)}",
-                f"a {reach} black vignette of strength {_fmt(s)}",
+                f"{_a(reach)} black vignette of strength {_fmt(s)}",
             )
         if c == "white":
             return (
-                f"add a {adj} white vignette ({_pct(s)}, {reach}, radius {_fmt(r)})",
+                f"add {_a(adj)} white vignette ({_pct(s)}, {reach}, radius {_fmt(r)})",
                 f"fade the corners to white by {_pct(s)}, starting at radius {_fmt(r)}",
-                f"a {reach} bright, dreamy white border of strength {_fmt(s)}",
+                f"{_a(reach)} bright, dreamy white border of strength {_fmt(s)}",
             )
         return (
-            f"add a {adj} {c} vignette ({_pct(s)}, radius {_fmt(r)})",
+            f"add {_a(adj)} {c} vignette ({_pct(s)}, radius {_fmt(r)})",
             f"fade the corners into {c} by {_pct(s)}",
-            f"a {reach} {c} border glow of strength {_fmt(s)}",
+            f"{_a(reach)} {c} border glow of strength {_fmt(s)}",
         )
 
     def prog(s: float, r: float, c: str) -> tuple[Edit, ...]:
@@ -654,24 +737,39 @@ def _vignette() -> Iterator[Spec]:
 
 
 def _invert() -> Iterator[Spec]:
-    yield "invert", (_e("invert"),), (
-        "invert all the colours like a film negative",
-        "make a photographic negative of the image",
-        "flip every colour to its opposite value",
-    ), "train"  # fmt: skip
-    yield "invert", (_e("invert_lightness"),), (
-        "invert the lightness but keep the hues",
-        "swap light and dark while preserving the colours",
-        "a lightness-only negative: bright becomes dark, colours stay",
-    ), "train"  # fmt: skip
+    yield (
+        "invert",
+        (_e("invert"),),
+        (
+            "invert all the colours like a film negative",
+            "make a photographic negative of the image",
+            "flip every colour to its opposite value",
+        ),
+        "train",
+    )
+    yield (
+        "invert",
+        (_e("invert_lightness"),),
+        (
+            "invert the lightness but keep the hues",
+            "swap light and dark while preserving the colours",
+            "a lightness-only negative: bright becomes dark, colours stay",
+        ),
+        "train",
+    )
     for ch in ("r", "g", "b", "rg", "rb", "gb"):
         names = " and ".join(CHANNEL[c] for c in ch)
         plural = "channels" if len(ch) > 1 else "channel"
-        yield "invert", (_e("invert_channels", channels=ch),), (
-            f"invert only the {names} {plural}",
-            f"make a negative of just the {names} {plural}, leave the rest",
-            f"flip the {names} {plural} upside down in value",
-        ), "train"  # fmt: skip
+        yield (
+            "invert",
+            (_e("invert_channels", channels=ch),),
+            (
+                f"invert only the {names} {plural}",
+                f"make a negative of just the {names} {plural}, leave the rest",
+                f"flip the {names} {plural} upside down in value",
+            ),
+            "train",
+        )
 
     def sol_words(t: float) -> tuple[str, ...]:
         return (
@@ -690,18 +788,28 @@ def _invert() -> Iterator[Spec]:
         "gbr": "rotate the colour channels the other way (red gets green, green gets blue, blue gets red)",
     }
     for order, text in swaps.items():
-        yield "invert", (_e("channel_swap", order=order),), (
-            text,
-            f"reorder the colour channels as {order.upper()}",
-            f"a channel shuffle to {'-'.join(order.upper())}",
-        ), "train"  # fmt: skip
+        yield (
+            "invert",
+            (_e("channel_swap", order=order),),
+            (
+                text,
+                f"reorder the colour channels as {order.upper()}",
+                f"a channel shuffle to {'-'.join(order.upper())}",
+            ),
+            "train",
+        )
     yield "invert", (_e("solarize", threshold=0.33),), sol_words(0.33), "heldout"
     yield "invert", (_e("solarize", threshold=0.67),), sol_words(0.67), "heldout"
-    yield "invert", (_e("invert"), _e("channel_swap", order="bgr")), (
-        "make a negative and then swap the red and blue channels",
-        "invert the colours, then exchange red with blue",
-        "a BGR-ordered photographic negative",
-    ), "heldout"  # fmt: skip
+    yield (
+        "invert",
+        (_e("invert"), _e("channel_swap", order="bgr")),
+        (
+            "make a negative and then swap the red and blue channels",
+            "invert the colours, then exchange red with blue",
+            "a BGR-ordered photographic negative",
+        ),
+        "heldout",
+    )
 
 
 # compose atoms: (edit, three phrasings); stage 0 = tone/colour, 1 = filter, 2 = finish

@@ -134,7 +134,9 @@ def split_tone(x: Tensor, shadows: tuple, highlights: tuple, strength: float) ->
 
 @functools.lru_cache(maxsize=64)
 def _colormap(name: str, device: str) -> kornia.color.ColorMap:
-    return kornia.color.ColorMap(base=name, num_colors=256, device=torch.device(device), dtype=torch.float32)
+    return kornia.color.ColorMap(
+        base=name, num_colors=256, device=torch.device(device), dtype=torch.float32
+    )
 
 
 def colormap(x: Tensor, name: str, mix: float, reverse: float = 0.0) -> Tensor:
@@ -142,7 +144,9 @@ def colormap(x: Tensor, name: str, mix: float, reverse: float = 0.0) -> Tensor:
     lum = _gray(x).clamp(0, 1)
     if reverse:
         lum = 1 - lum
-    mapped = kornia.color.apply_colormap(lum.float(), _colormap(name, str(x.device)))  # (B, 3, H, W)
+    mapped = kornia.color.apply_colormap(
+        lum.float(), _colormap(name, str(x.device))
+    )  # (B, 3, H, W)
     mapped = mapped.to(x.dtype)
     return _clip(torch.lerp(x, mapped, mix))
 
@@ -236,7 +240,7 @@ def emboss(x: Tensor, strength: float, angle: float, color: float) -> Tensor:
 def cartoon(x: Tensor, levels: float, edge: float, smooth: float) -> Tensor:
     """Bilateral smoothing (spatial sigma `smooth`) -> k-level colours -> dark outlines (gain `edge`)."""
     s = _scale(x)
-    k = _odd(2 * math.ceil(2 * smooth * s) + 1)
+    k = _odd(2 * math.ceil(1.5 * smooth * s) + 1)
     sm = kornia.filters.bilateral_blur(x, (k, k), 0.15, (smooth * s, smooth * s))
     q = torch.round(sm.clamp(0, 1) * (levels - 1)) / (levels - 1)
     if edge <= 0:

@@ -82,7 +82,7 @@ COLLECT_PHOTOS: tuple[str, ...] = (
 EVAL_PHOTOS: tuple[str, ...] = ("flower", "motorcycle", "retina", "coins", "lfw_faces_b")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str) -> Tensor:
     if name not in PHOTOS:
         raise KeyError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)}")
@@ -96,7 +96,9 @@ def _load(name: str) -> Tensor:
     if min(h, w) > MAX_SIDE:
         f = MAX_SIDE / min(h, w)
         size = (round(h * f), round(w * f))
-        x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[
+            0
+        ]
     return x.clamp(0.0, 1.0).contiguous()
 
 
