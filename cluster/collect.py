@@ -159,7 +159,7 @@ def collect(
                 if reason is not None:
                     summary.rejected.append({"key": job.key, "reason": reason})
                 else:
-                    sd = {k: torch.from_numpy(v) for k, v in result["lora"].items()}
+                    sd = {k: torch.from_numpy(np.array(v)) for k, v in result["lora"].items()}
                     blocks = layout.to_blocks(sd).numpy()  # (N, S) float32, not normalised
                     concept = get_concept(job.concept_id)
                     t = text_of[job.concept_id]
@@ -201,7 +201,9 @@ def collect(
 
 def _write_side_files(storage, layout, stats, preset, summary) -> None:
     """layout.json, stats.safetensors, config.json, rejected.json — all before the manifest."""
-    storage.write_bytes("layout.json", json.dumps({**layout.to_dict(), "hash": layout.hash}).encode())
+    storage.write_bytes(
+        "layout.json", json.dumps({**layout.to_dict(), "hash": layout.hash}).encode()
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stats.safetensors"
         stats.finalize().save(path)

@@ -75,7 +75,10 @@ def test_load_lora_round_trip_and_mismatch():
     with pytest.raises(LayoutMismatchError, match="stem.lora_A.weight"):
         load_lora(g, bad)
     with pytest.raises(LayoutMismatchError, match="missing"):
-        load_lora(build_concept_model("lora", CFG, LoRAConfig(), state), {"x.lora_A.weight": torch.zeros(1)})
+        load_lora(
+            build_concept_model("lora", CFG, LoRAConfig(), state),
+            {"x.lora_A.weight": torch.zeros(1)},
+        )
 
 
 def _pairs(n, seed):
@@ -87,7 +90,9 @@ def _pairs(n, seed):
 def test_train_concept_learns_and_is_deterministic():
     state = E2GANGenerator(CFG).state_dict()
     t, m = _text(1)
-    cfg = ConceptTrainConfig(steps=60, batch_size=4, lr=5e-3, eval_every=20, n_train_pairs=16, n_eval_pairs=8)
+    cfg = ConceptTrainConfig(
+        steps=60, batch_size=4, lr=5e-3, eval_every=20, n_train_pairs=16, n_eval_pairs=8
+    )
     kw = dict(
         gan_cfg=CFG,
         lora_cfg=LoRAConfig(),
@@ -113,7 +118,9 @@ def test_train_concept_learns_and_is_deterministic():
 
 def test_scratch_baseline_trains():
     t, m = _text(1)
-    cfg = ConceptTrainConfig(steps=30, batch_size=4, lr=2e-3, eval_every=15, n_train_pairs=16, n_eval_pairs=8)
+    cfg = ConceptTrainConfig(
+        steps=30, batch_size=4, lr=2e-3, eval_every=15, n_train_pairs=16, n_eval_pairs=8
+    )
     r = train_concept(
         method="scratch",
         gan_cfg=CFG,

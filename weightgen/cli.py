@@ -12,7 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-for _k, _v in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("RAY_DEDUP_LOGS", "0")):
+for _k, _v in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("TOKENIZERS_PARALLELISM", "false"),
+    ("RAY_DEDUP_LOGS", "0"),
+):
     os.environ.setdefault(_k, _v)
 
 
@@ -119,7 +123,9 @@ def cmd_demo(args) -> int:
         print(f"[2/2] dataset: reusing {dataset} ({m.num_samples} samples)")
     else:
         print(f"[2/2] dataset: collecting {args.concepts} training concepts through Ray")
-        _print_collect(collect(out=str(dataset), base=base, limit=args.concepts, num_workers=args.workers))
+        _print_collect(
+            collect(out=str(dataset), base=base, limit=args.concepts, num_workers=args.workers)
+        )
     m = read_manifest(str(dataset))
     print(
         f"demo: built {run}/base and {run}/dataset ({m.num_samples} LoRA weight sets, "
@@ -178,10 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pk = sub.add_parser("collect", help="train one LoRA per concept through Ray; write shards")
     pk.add_argument("--preset", default="tiny")
-    pk.add_argument("--out", required=True, help="dataset URI: folder, file://..., s3://bucket/prefix")
+    pk.add_argument(
+        "--out", required=True, help="dataset URI: folder, file://..., s3://bucket/prefix"
+    )
     pk.add_argument("--base", default=None, help="base folder (default runs/demo/base)")
     pk.add_argument("--limit", type=int, default=None, help="collect the first N training concepts")
-    pk.add_argument("--concept", action="append", default=None, help="collect this concept id (repeatable)")
+    pk.add_argument(
+        "--concept", action="append", default=None, help="collect this concept id (repeatable)"
+    )
     pk.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     pk.add_argument("--workers", type=int, default=None, help="local Ray CPUs (default: all cores)")
     pk.set_defaults(func=cmd_collect)
@@ -198,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
     try:
         errors = _user_errors()
     except ImportError as e:  # a broken install is itself a user-facing error
@@ -209,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     except errors as e:
         if args.verbose:
             raise
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"weightgen: error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
+        msg = str(e)
+        if isinstance(e, KeyError) and type(e).__str__ is KeyError.__str__ and e.args:
+            msg = str(e.args[0])  # KeyError's own str() is the repr of its argument
+        print(
+            f"weightgen: error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print("weightgen: interrupted", file=sys.stderr)

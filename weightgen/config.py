@@ -28,7 +28,9 @@ class GANConfig:
         if self.image_size < 16 or self.image_size % 16:
             raise ConfigError(f"image_size must be a multiple of 16 (>= 16), got {self.image_size}")
         if self.channels * 4 % self.heads:
-            raise ConfigError(f"4*channels ({4 * self.channels}) must divide by heads ({self.heads})")
+            raise ConfigError(
+                f"4*channels ({4 * self.channels}) must divide by heads ({self.heads})"
+            )
 
 
 @dataclass
@@ -156,9 +158,19 @@ def _paper() -> Preset:
     # 256x256 images, E2GAN-sized base; LoRA rank chosen so a concept has ~90 K LoRA values
     return Preset(
         name="paper",
-        gan=GANConfig(image_size=256, channels=32, n_res_blocks=3, heads=4, unet_ngf=64, disc_ndf=64, disc_layers=3),
+        gan=GANConfig(
+            image_size=256,
+            channels=32,
+            n_res_blocks=3,
+            heads=4,
+            unet_ngf=64,
+            disc_ndf=64,
+            disc_layers=3,
+        ),
         lora=LoRAConfig(rank=8, alpha=8.0),
-        concept=ConceptTrainConfig(steps=1000, batch_size=8, lr=1e-3, eval_every=50, n_train_pairs=256, n_eval_pairs=32),
+        concept=ConceptTrainConfig(
+            steps=1000, batch_size=8, lr=1e-3, eval_every=50, n_train_pairs=256, n_eval_pairs=32
+        ),
         base=BaseTrainConfig(steps=20000, batch_size=16, lr=1e-3, pairs_per_concept=256),
         collect=CollectConfig(max_in_flight=256, num_gpus_per_task=0.125),
     )

@@ -19,7 +19,9 @@ class BaseNotFoundError(WeightgenError):
     pass
 
 
-def save_base(path: str | Path, state: dict[str, torch.Tensor], preset: Preset, metrics: dict) -> None:
+def save_base(
+    path: str | Path, state: dict[str, torch.Tensor], preset: Preset, metrics: dict
+) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "metrics.json").unlink(missing_ok=True)
@@ -51,11 +53,15 @@ def load_base(path: str | Path) -> tuple[dict[str, torch.Tensor], Preset]:
         E2GANGenerator(preset.gan).load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise BaseNotFoundError(f"{path}/generator.safetensors does not fit its config.json: {first}") from None
+        raise BaseNotFoundError(
+            f"{path}/generator.safetensors does not fit its config.json: {first}"
+        ) from None
     return state, preset
 
 
-def build_base(preset: Preset, out: str | Path, *, steps: int | None = None, progress: bool = True) -> dict:
+def build_base(
+    preset: Preset, out: str | Path, *, steps: int | None = None, progress: bool = True
+) -> dict:
     """Pre-train the base on `base_concepts()` and save it to `out` (a base folder). Returns metrics."""
     import time
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 import math
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_peft_model_state_dict,
+)
 from torch import nn
 
 from weightgen.blocks import LayoutMismatchError
@@ -22,7 +27,11 @@ def attach_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     peft_cfg = LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.targets), lora_dropout=0.0, bias="none"
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        target_modules=list(cfg.targets),
+        lora_dropout=0.0,
+        bias="none",
     )
     model = inject_adapter_in_model(peft_cfg, model)
     init_shared_lora(model, cfg.shared_seed)

@@ -72,7 +72,9 @@ class TextTransformerBlock(nn.Module):
         h = self.norm2(x)
         mask = text_mask.clone()
         mask[:, 0] = True  # never a fully masked row
-        x = x + self.cross_o(self._attend(self.cross_q(h), self.cross_k(text), self.cross_v(text), mask))
+        x = x + self.cross_o(
+            self._attend(self.cross_q(h), self.cross_k(text), self.cross_v(text), mask)
+        )
         return x + self.mlp(self.norm3(x))
 
 
@@ -163,7 +165,11 @@ class PatchDiscriminator(nn.Module):
         for i in range(1, n_layers + 1):
             nxt = ndf * min(2**i, 8)
             stride = 2 if i < n_layers else 1
-            layers += [nn.Conv2d(ch, nxt, 4, stride=stride, padding=1), _norm(nxt), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(ch, nxt, 4, stride=stride, padding=1),
+                _norm(nxt),
+                nn.LeakyReLU(0.2),
+            ]
             ch = nxt
         layers.append(nn.Conv2d(ch, 1, 4, padding=1))
         self.net = nn.Sequential(*layers)

@@ -89,7 +89,9 @@ def evaluate(generator, x, y, tokens, mask, batch: int = 16) -> tuple[float, flo
     for i in range(0, x.shape[0], batch):
         xb = x[i : i + batch]
         n = xb.shape[0]
-        outs.append(from_model(generator(to_model(xb), tokens.expand(n, -1, -1), mask.expand(n, -1))))
+        outs.append(
+            from_model(generator(to_model(xb), tokens.expand(n, -1, -1), mask.expand(n, -1)))
+        )
     generator.train(was)
     pred = torch.cat(outs)
     psnr = peak_signal_noise_ratio(pred, y, data_range=1.0).item()
@@ -138,7 +140,9 @@ def _gan_step(g, d, opt_g, opt_d, x, y, tokens, mask, lambda_l1, gan_weight):
     loss = lambda_l1 * loss_l1
     if gan_weight > 0:
         logits = d(x, fake)
-        loss = loss + gan_weight * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        loss = loss + gan_weight * F.binary_cross_entropy_with_logits(
+            logits, torch.ones_like(logits)
+        )
     loss.backward()
     opt_g.step()
     return loss_l1.item()
@@ -197,7 +201,16 @@ def train_concept(
         idx = torch.randint(0, xs.shape[0], (b,), generator=gen)
         x, y = to_model(xs[idx]), to_model(ys[idx])
         _gan_step(
-            g, d, opt_g, opt_d, x, y, tok.expand(b, -1, -1), msk.expand(b, -1), cfg.lambda_l1, cfg.gan_weight
+            g,
+            d,
+            opt_g,
+            opt_d,
+            x,
+            y,
+            tok.expand(b, -1, -1),
+            msk.expand(b, -1),
+            cfg.lambda_l1,
+            cfg.gan_weight,
         )
         elapsed += time.perf_counter() - t0
         if step % cfg.eval_every == 0 or step == steps:
@@ -234,7 +247,9 @@ def pretrain_base(
     d = PatchDiscriminator(gan_cfg.disc_ndf, gan_cfg.disc_layers).to(device)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr * 0.1, betas=(0.5, 0.999))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=max(steps, 1), eta_min=cfg.lr * 0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt_g, T_max=max(steps, 1), eta_min=cfg.lr * 0.05
+    )
     xs = torch.stack([p[0] for p in pairs]).to(device)  # (C, n, 3, H, W)
     ys = torch.stack([p[1] for p in pairs]).to(device)
     tokens, masks = tokens.to(device), masks.to(device)
@@ -245,7 +260,9 @@ def pretrain_base(
         ci = torch.randint(0, C, (cfg.batch_size,), generator=gen)
         pi = torch.randint(0, n, (cfg.batch_size,), generator=gen)
         x, y = to_model(xs[ci, pi]), to_model(ys[ci, pi])
-        loss = _gan_step(g, d, opt_g, opt_d, x, y, tokens[ci], masks[ci], cfg.lambda_l1, cfg.gan_weight)
+        loss = _gan_step(
+            g, d, opt_g, opt_d, x, y, tokens[ci], masks[ci], cfg.lambda_l1, cfg.gan_weight
+        )
         sched.step()
         losses.append(loss)
         if progress is not None:

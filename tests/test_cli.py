@@ -1,0 +1,124 @@
+"""The `weightgen` command: output of the catalogue commands, and one clear error line (exit 2)
+for every mistake a user can make."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from weightgen.cli import main
+from weightgen.concepts import concepts
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_concepts_list(capsys):
+    rc, out, _ = _run(capsys, "concepts", "list", "--split", "heldout")
+    lines = out.strip().splitlines()
+    assert rc == 0 and len(lines) == len(concepts("heldout"))
+    cid, family, text = lines[0].split("\t")
+    assert cid == concepts("heldout")[0].id and family and text
+
+
+def test_concepts_show_writes_png(capsys, tmp_path):
+    out = tmp_path / "grid.png"
+    rc, stdout, _ = _run(capsys, "concepts", "show", "sepia-005", "--out", str(out))
+    assert rc == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "sepia" in stdout
+
+
+def _assert_one_line_error(rc, err, *needles):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("weightgen: error: "), err
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_unknown_concept(capsys, tmp_path):
+    rc, _, err = _run(
+        capsys, "concepts", "show", "no-such-concept", "--out", str(tmp_path / "g.png")
+    )
+    _assert_one_line_error(rc, err, "unknown concept 'no-such-concept'", "weightgen concepts list")
+
+
+def test_unknown_preset(capsys, tmp_path):
+    rc, _, err = _run(capsys, "base", "--preset", "huge", "--out", str(tmp_path))
+    _assert_one_line_error(rc, err, "unknown preset 'huge'", "tiny")
+
+
+def test_non_writable_output(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a regular file where a folder should go: not writable even as root
+    rc, _, err = _run(
+        capsys, "concepts", "show", "sepia-005", "--out", str(blocker / "sub" / "g.png")
+    )
+    _assert_one_line_error(rc, err, "cannot write to")
+    rc, _, err = _run(capsys, "base", "--out", str(blocker / "run"))
+    _assert_one_line_error(rc, err, "cannot write to")
+
+
+def test_collect_without_base(capsys, tmp_path):
+    rc, _, err = _run(
+        capsys,
+        "collect",
+        "--base",
+        str(tmp_path / "nobase"),
+        "--out",
+        str(tmp_path / "ds"),
+        "--limit",
+        "1",
+    )
+    _assert_one_line_error(rc, err, "no complete base generator", "weightgen base")
+
+
+def test_collect_unknown_concept(capsys, tmp_path):
+    from weightgen.config import get_preset
+    from weightgen.gan import E2GANGenerator, save_base
+
+    p = get_preset("tiny")
+    save_base(tmp_path / "base", E2GANGenerator(p.gan).state_dict(), p, {})
+    rc, _, err = _run(
+        capsys,
+        "collect",
+        "--base",
+        str(tmp_path / "base"),
+        "--out",
+        str(tmp_path / "ds"),
+        "--concept",
+        "nope",
+    )
+    _assert_one_line_error(rc, err, "unknown concept 'nope'")
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+
+
+def test_foreign_dataset_is_named(capsys, tmp_path):
+    from weightgen.data import DatasetError, ShardWriter, WeightSample, iter_samples
+
+    with ShardWriter(tmp_path / "ds", layout_hash="abc", block_size=4, num_blocks=2) as w:
+        w.write(
+            WeightSample(
+                "k-s0",
+                blocks=__import__("numpy").zeros((2, 4), "float32"),
+                text=__import__("numpy").zeros(3, "float32"),
+                meta={},
+            )
+        )
+    with pytest.raises(DatasetError, match="layout"):
+        list(iter_samples(str(tmp_path / "ds"), expected_layout_hash="def"))
+
+
+def test_console_script_entry_point():
+    exe = os.path.join(os.path.dirname(sys.executable), "weightgen")
+    r = subprocess.run(
+        [exe, "concepts", "show", "nope", "--out", "/tmp/x.png"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and r.stderr.strip().startswith("weightgen: error: unknown concept")

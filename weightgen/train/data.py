@@ -1,0 +1,185 @@
+"""Training data for the generator: a weight-set data set in memory, normalised, sharded per rank.
+
+The data set folder (local path, file:// or s3://; see cluster/collect.py) must hold
+manifest.json, layout.json (hash equal to the manifest's layout_hash) and stats.safetensors.
+Samples are read and verified (size + sha256 of every shard) through weightgen.data, blocks
+normalised with the data set's per-block statistics through weightgen.blocks.normalize.
+
+Batch order is a pure function of (seed, rank, step): the rank's samples are visited in one
+random permutation per epoch, permutation e seeded by (seed, rank, e); the batch of step t is
+positions [t*b, (t+1)*b) of that endless stream. A resumed run therefore sees exactly the
+batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from weightgen.blocks import BlockLayout, BlockStats, blocks_to_flat, normalize
+from weightgen.data import DatasetError, Manifest, iter_samples, open_storage, read_manifest
+from weightgen.data.storage import KeyNotFoundError, StorageError
+from weightgen.errors import WeightgenError
+
+
+class TrainError(WeightgenError):
+    """A training input (data set, output folder, resume state) is missing or inconsistent."""
+
+
+@dataclass
+class TrainData:
+    uri: str
+    layout: BlockLayout
+    stats: BlockStats
+    manifest: Manifest
+    keys: list[str]
+    x0: Tensor  # (M, N, S) float32, normalised, padding 0
+    pooled: Tensor  # (M, Dt) float32
+    tokens: Tensor  # (M, L, Dt) float32, zero past the mask
+    mask: Tensor  # (M, L) bool
+    has_tokens: bool  # False: the data set had no token embeddings; tokens = pooled as one token
+    text_model: str
+    layout_bytes: bytes
+    stats_bytes: bytes
+
+    @property
+    def num_samples(self) -> int:
+        return self.x0.shape[0]
+
+
+def _read_side(st, name: str, uri: str) -> bytes:
+    try:
+        return st.read_bytes(name)
+    except KeyNotFoundError:
+        raise TrainError(
+            f"data set {uri} has no {name}; re-run `weightgen collect` to complete it"
+        ) from None
+
+
+def load_train_data(uri: str | os.PathLike) -> TrainData:
+    """Read, verify and normalise a whole (small) data set; TrainError with one line on bad input."""
+    uri = str(uri)
+    try:
+        st = open_storage(uri)
+        manifest = read_manifest(st)
+    except (DatasetError, StorageError) as e:
+        raise TrainError(f"cannot train on {uri}: {str(e).splitlines()[0]}") from None
+    if manifest.num_samples == 0:
+        raise TrainError(f"data set {uri} is empty (0 samples); collect some concepts first")
+    layout_bytes = _read_side(st, "layout.json", uri)
+    try:
+        layout = BlockLayout.from_dict(json.loads(layout_bytes))
+    except (ValueError, KeyError, TypeError) as e:
+        raise TrainError(f"data set {uri}: bad layout.json ({str(e).splitlines()[0]})") from None
+    if layout.hash != manifest.layout_hash:
+        raise TrainError(
+            f"data set {uri}: layout.json (hash {layout.hash[:12]}) does not match its manifest "
+            f"(layout hash {manifest.layout_hash[:12]}): foreign or mixed files; re-collect"
+        )
+    stats_bytes = _read_side(st, "stats.safetensors", uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stats.safetensors"
+        path.write_bytes(stats_bytes)
+        try:
+            stats = BlockStats.load(path, expected_layout_hash=layout.hash)
+            stats.check(layout)
+        except Exception as e:  # safetensors raises its own error types on a torn file
+            raise TrainError(
+                f"data set {uri}: stats.safetensors unusable ({str(e).splitlines()[0]})"
+            ) from None
+
+    keys, blocks, pooled, tokens = [], [], [], []
+    try:
+        for s in iter_samples(st, expected_layout_hash=layout.hash, verify=True):
+            keys.append(s.key)
+            blocks.append(s.blocks)
+            pooled.append(s.text.astype(np.float32, copy=False))
+            tokens.append(None if s.tokens is None else s.tokens.astype(np.float32))
+    except DatasetError as e:
+        raise TrainError(f"cannot train on {uri}: {str(e).splitlines()[0]}") from None
+    if not keys:
+        raise TrainError(f"data set {uri} is empty (0 samples); collect some concepts first")
+    if len({p.shape for p in pooled}) != 1:
+        raise TrainError(f"data set {uri}: text embeddings of different sizes")
+
+    pooled_t = torch.from_numpy(np.stack(pooled))  # (M, Dt)
+    has_tokens = all(t is not None for t in tokens)
+    if has_tokens:
+        L = max(t.shape[0] for t in tokens)
+        D = pooled_t.shape[1]
+        tok = torch.zeros(len(keys), L, D)
+        for i, t in enumerate(tokens):
+            if t.shape[1] != D:
+                raise TrainError(
+                    f"data set {uri}: sample {keys[i]} token width {t.shape[1]} != {D}"
+                )
+            tok[i, : t.shape[0]] = torch.from_numpy(t)
+        mask = (tok != 0).any(dim=-1)  # (M, L) tokens are stored zero past their mask
+    else:
+        tok, mask = pooled_t[:, None].clone(), torch.ones(len(keys), 1, dtype=torch.bool)
+
+    flat = blocks_to_flat(torch.from_numpy(np.stack(blocks)), layout)  # (M, P)
+    x0 = normalize(flat, layout, stats.mean, stats.std)  # (M, N, S)
+    return TrainData(
+        uri=st.uri,
+        layout=layout,
+        stats=stats,
+        manifest=manifest,
+        keys=keys,
+        x0=x0.contiguous(),
+        pooled=pooled_t,
+        tokens=tok,
+        mask=mask,
+        has_tokens=has_tokens,
+        text_model=str(manifest.extra.get("text_model", "all-MiniLM-L6-v2")),
+        layout_bytes=layout_bytes,
+        stats_bytes=stats_bytes,
+    )
+
+
+def rank_shard(num_samples: int, rank: int, world: int) -> Tensor:
+    """(M_r,) int64: the samples rank `rank` trains on (every world-th, starting at rank)."""
+    if num_samples < world:
+        raise TrainError(f"{num_samples} samples cannot be split over {world} ranks")
+    return torch.arange(rank, num_samples, world)
+
+
+def batch_positions(n: int, batch: int, step: int, seed: int) -> Tensor:
+    """(batch,) int64 in [0, n): the batch of `step` in the endless per-epoch-permuted stream."""
+    start = step * batch
+    out = []
+    pos = start
+    while pos < start + batch:
+        epoch, off = divmod(pos, n)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)  # (n,)
+        take = min(n - off, start + batch - pos)
+        out.append(perm[off : off + take])
+        pos += take
+    return torch.cat(out)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item i = the batch of step `start + i` on this rank: (x0, pooled, tokens, mask)."""
+
+    def __init__(
+        self, data: TrainData, rank: int, world: int, batch: int, seed: int, start: int, stop: int
+    ):
+        self.data = data
+        self.shard = rank_shard(data.num_samples, rank, world)  # (M_r,)
+        self.batch, self.seed, self.start, self.stop = batch, seed, start, stop
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        idx = self.shard[batch_positions(len(self.shard), self.batch, self.start + i, self.seed)]
+        d = self.data
+        return d.x0[idx], d.pooled[idx], d.tokens[idx], d.mask[idx]  # (b,N,S) (b,Dt) (b,L,Dt) (b,L)
