@@ -84,6 +84,7 @@ def cmd_collect(args) -> int:
         base=base,
         limit=args.limit,
         concept_ids=args.concept,
+        seeds_per_concept=args.seeds,
         address=args.address,
         num_workers=args.workers,
     )
@@ -102,35 +103,141 @@ def _print_collect(s) -> None:
 
 
 def cmd_demo(args) -> int:
-    from cluster.collect import collect
     from weightgen.config import get_preset
-    from weightgen.data import read_manifest
-    from weightgen.gan import build_base, is_complete
+    from weightgen.eval.demo import run_demo
 
     preset = get_preset(args.preset)
     run = Path(args.out)
     _check_dir_writable(run)
     (run / "config.json").write_text(json.dumps(preset.to_dict(), indent=2) + "\n")
-    base = run / "base"
-    if is_complete(base):
-        print(f"[1/2] base: reusing {base}")
-    else:
-        print("[1/2] base: pre-training the base generator on the base concepts")
-        build_base(preset, base)
-    dataset = run / "dataset"
-    if (dataset / "manifest.json").is_file():
-        m = read_manifest(str(dataset))
-        print(f"[2/2] dataset: reusing {dataset} ({m.num_samples} samples)")
-    else:
-        print(f"[2/2] dataset: collecting {args.concepts} training concepts through Ray")
-        _print_collect(
-            collect(out=str(dataset), base=base, limit=args.concepts, num_workers=args.workers)
+    run_demo(
+        run,
+        preset,
+        concepts=args.concepts,
+        workers=args.workers,
+        finetune_concepts=args.finetune,
+        train_steps=args.train_steps,
+    )
+    return 0
+
+
+def cmd_train(args) -> int:
+    from jobs.train import main as train_main
+
+    return train_main(args.train_argv)
+
+
+def _read_texts(args) -> list[str]:
+    from weightgen.errors import WeightgenError
+
+    texts = list(args.text or [])
+    if args.texts:
+        try:
+            texts += [t.strip() for t in Path(args.texts).read_text().splitlines() if t.strip()]
+        except OSError as e:
+            raise WeightgenError(f"cannot read --texts {args.texts}: {e.strerror or e}") from None
+    if not texts:
+        raise WeightgenError('no text given: pass --text "..." (repeatable) or --texts FILE')
+    if any(not t.strip() for t in texts):
+        raise WeightgenError("concept text must be a non-empty string")
+    return texts
+
+
+def _check_base_fits(bundle, base_dir: Path) -> tuple[dict, object]:
+    """The base's LoRA layout must be the generator's, or the sampled LoRA cannot load."""
+    from weightgen.blocks import BlockLayout, LayoutMismatchError
+    from weightgen.collection import lora_template
+    from weightgen.gan import load_base
+
+    base_state, preset = load_base(base_dir)
+    layout = BlockLayout.from_state_dict(lora_template(preset), block_size=bundle.layout.block_size)
+    if layout.hash != bundle.layout.hash:
+        raise LayoutMismatchError(
+            f"layout mismatch between generator and base {base_dir}: the generator makes "
+            f"{bundle.layout.num_params} LoRA values in {bundle.layout.num_blocks} blocks, this base "
+            f"takes {layout.num_params} in {layout.num_blocks} (pass the base it was trained for)"
         )
-    m = read_manifest(str(dataset))
+    return base_state, preset
+
+
+def cmd_sample(args) -> int:
+    import time
+
+    from safetensors.torch import save_file
+
+    from weightgen.diffusion import generate_lora, load_generator
+
+    texts = _read_texts(args)
+    bundle = load_generator(args.generator)
+    base_dir = Path(args.base) if args.base else Path(args.generator).resolve().parent / "base"
+    if args.base or base_dir.is_dir():
+        _check_base_fits(bundle, base_dir)
+    t0 = time.perf_counter()
+    loras = generate_lora(bundle, texts, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    seconds = time.perf_counter() - t0
+    out = Path(args.out)
+    single = len(texts) == 1 and out.suffix == ".safetensors"
+    if single:
+        _check_parent_writable(str(out))
+        paths = [out]
+    else:
+        _check_dir_writable(out)
+        paths = [out / f"{i:05d}.safetensors" for i in range(len(texts))]
+    for path, text, lora in zip(paths, texts, loras):
+        meta = {"text": text, "layout_hash": bundle.layout.hash, "steps": str(args.steps)}
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+    if not single:
+        index = [{"file": p.name, "text": t} for p, t in zip(paths, texts)]
+        (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    print(f"sampled {len(texts)} LoRA(s) in {seconds:.2f} s ({args.steps} step(s)); wrote {out}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from safetensors.torch import load_file, save_file
+
+    from weightgen.concepts import get_concept
+    from weightgen.eval.newconcept import WeightBaselines, finetune
+    from weightgen.gan import load_base
+    from weightgen.text import get_encoder
+
+    concept = get_concept(args.concept)
+    run = Path(args.run)
+    base_state, preset = load_base(Path(args.base) if args.base else run / "base")
+    enc = get_encoder(preset.text_model, preset.gan.max_text_tokens)
+    tb = enc.encode([concept.text])
+    init, method = None, {"zero": "lora-zero"}.get(args.init, args.init)
+    if args.lora:
+        init, method = load_file(args.lora), "generated"
+    elif args.init == "generated":
+        from weightgen.diffusion import generate_lora, load_generator
+
+        bundle = load_generator(Path(args.generator) if args.generator else run / "generator")
+        init = generate_lora(bundle, [concept.text], encoder=enc)[0]
+    elif args.init in ("nearest", "mean"):
+        b = WeightBaselines.from_dataset(args.dataset or str(run / "dataset"))
+        init = b.mean_lora if args.init == "mean" else b.nearest(tb.pooled[0])[0]
+    out = Path(args.out)
+    _check_dir_writable(out)
+    r = finetune(
+        method,
+        preset=preset,
+        base_state=base_state,
+        concept=concept,
+        tokens=tb.tokens[0],
+        mask=tb.mask[0],
+        init_lora=init,
+        steps=args.steps,
+        lr=args.lr,
+    )
+    (out / "curve.json").write_text(json.dumps(r.metrics(), indent=2) + "\n")
+    if r.lora is not None:
+        save_file({k: v.contiguous() for k, v in r.lora.items()}, str(out / "lora.safetensors"))
     print(
-        f"demo: built {run}/base and {run}/dataset ({m.num_samples} LoRA weight sets, "
-        f"{m.num_blocks} blocks x {m.block_size} each, {len(m.shards)} shards). "
-        "The generator stages (train / sample / evaluate) are not built yet."
+        f"{concept.id} from {args.lora or args.init}: PSNR {r.psnr_step0:.2f} -> {r.psnr_final:.2f} dB, "
+        f"SSIM {r.ssim_step0:.3f} -> {r.ssim_final:.3f} in {r.steps} steps / {r.train_seconds:.1f} s; wrote {out}"
     )
     return 0
 
@@ -194,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pk.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     pk.add_argument("--workers", type=int, default=None, help="local Ray CPUs (default: all cores)")
+    pk.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds per concept (default: the preset's); re-runs resume: finished jobs are skipped",
+    )
     pk.set_defaults(func=cmd_collect)
 
     pd = sub.add_parser("demo", help="the whole pipeline on the tiny preset")
@@ -201,13 +314,58 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--preset", default="tiny")
     pd.add_argument("--concepts", type=int, default=120, help="training concepts to collect")
     pd.add_argument("--workers", type=int, default=None)
+    pd.add_argument("--finetune", type=int, default=6, help="held-out concepts to fine-tune")
+    pd.add_argument("--train-steps", type=int, default=None, help="generator training steps")
     pd.set_defaults(func=cmd_demo)
+
+    pt = sub.add_parser(
+        "train",
+        help="train the block diffusion generator (flags: see jobs/train.py)",
+        add_help=False,
+    )
+    pt.set_defaults(func=cmd_train)
+
+    pa = sub.add_parser("sample", help="text -> LoRA .safetensors in one denoising step")
+    pa.add_argument("--generator", required=True, help="generator folder (RUN/generator)")
+    pa.add_argument("--text", action="append", help="concept text (repeatable: one batch)")
+    pa.add_argument("--texts", help="file with one text per line")
+    pa.add_argument("--out", required=True, help="FILE.safetensors (one text) or a folder")
+    pa.add_argument("--steps", type=int, default=1, help="1: single step; >1: DDIM")
+    pa.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--base", default=None, help="base folder to check the layout against")
+    pa.set_defaults(func=cmd_sample)
+
+    pf = sub.add_parser("finetune", help="fine-tune one concept from an initialisation")
+    pf.add_argument("--concept", required=True, help="concept id (weightgen concepts list)")
+    pf.add_argument(
+        "--init", choices=["generated", "zero", "scratch", "nearest", "mean"], default="generated"
+    )
+    pf.add_argument(
+        "--lora", default=None, help="start from this LoRA .safetensors (e.g. from sample)"
+    )
+    pf.add_argument(
+        "--run", default="runs/demo", help="run folder with base/, dataset/, generator/"
+    )
+    pf.add_argument("--base", default=None)
+    pf.add_argument("--generator", default=None)
+    pf.add_argument("--dataset", default=None)
+    pf.add_argument("--steps", type=int, default=None)
+    pf.add_argument("--lr", type=float, default=None)
+    pf.add_argument("--out", required=True)
+    pf.set_defaults(func=cmd_finetune)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if (
+        argv and argv[0] == "train"
+    ):  # `weightgen train` takes the flags of jobs/train.py as they are
+        args = argparse.Namespace(func=cmd_train, train_argv=argv[1:], verbose=False)
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )

@@ -155,12 +155,12 @@ def _tiny() -> Preset:
 
 
 def _paper() -> Preset:
-    # 256x256 images, E2GAN-sized base; LoRA rank chosen so a concept has ~90 K LoRA values
+    # 256x256 images, E2GAN-sized base
     return Preset(
         name="paper",
         gan=GANConfig(
             image_size=256,
-            channels=32,
+            channels=48,  # rank-8 LoRA: 82,608 values per concept (E2GAN: ~92 K)
             n_res_blocks=3,
             heads=4,
             unet_ngf=64,

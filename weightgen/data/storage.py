@@ -8,10 +8,14 @@ name. boto3 is imported only when an ``s3://`` URI is opened; its endpoint comes
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import io
 import logging
 import os
+import random
 import shutil
+import time
 import uuid
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
@@ -19,7 +23,6 @@ from urllib.parse import unquote, urlparse
 log = logging.getLogger(__name__)
 
 TMP_MARK = ".wgtmp-"
-_S3_RETRIES = {"max_attempts": 8, "mode": "standard"}
 
 
 class StorageError(RuntimeError):
@@ -198,22 +201,122 @@ class LocalStorage(Storage):
 # --------------------------------------------------------------------------------------------
 
 
-class S3Storage(Storage):
-    """``s3://bucket/prefix``. Picklable (the client is rebuilt lazily, e.g. inside a Ray task)."""
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise StorageError(f"{name}={raw!r} is not a number") from None
 
-    def __init__(self, bucket: str, prefix: str = ""):
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "500",
+        "502",
+        "503",
+        "504",
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "Throttling",
+        "ThrottlingException",
+        "OperationAborted",
+    }
+)
+
+
+def _transient(e: BaseException) -> bool:
+    """True for errors worth retrying: connection refused/reset/timed out, 5xx, throttling.
+
+    Follows ``__cause__`` / ``__context__``: boto3's managed transfers wrap the botocore error
+    (``S3UploadFailedError``)."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(
+            e, ConnectionError | HTTPClientError | builtins.ConnectionError | TimeoutError
+        ):
+            return True
+        if isinstance(e, ClientError):
+            err = e.response.get("Error", {})
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return err.get("Code") in _TRANSIENT_CODES or int(status) >= 500
+        if type(e).__name__ in ("S3UploadFailedError", "RetriesExceededError"):
+            msg = str(e)
+            if any(c in msg for c in ("Could not connect", "Connection was closed", "timed out")):
+                return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
+class S3Storage(Storage):
+    """``s3://bucket/prefix``. Picklable (the client is rebuilt lazily, e.g. inside a Ray task).
+
+    Robustness, outermost first:
+    - every operation runs in a retry loop with capped exponential back-off and jitter while the
+      error is transient (connection refused/reset, timeouts, 5xx, throttling), for at most
+      ``retry_seconds`` (``WEIGHTGEN_S3_RETRY_SECONDS``, default 120): a restarting server costs
+      time, not data;
+    - inside, botocore's own retries (``AWS_RETRY_MODE`` standard|adaptive, ``AWS_MAX_ATTEMPTS``;
+      default standard, 5 attempts);
+    - uploads at or above ``multipart_threshold`` bytes (``WEIGHTGEN_S3_MULTIPART_MB``, default 64)
+      go as multipart uploads of ``multipart_chunksize`` parts (``WEIGHTGEN_S3_PART_MB``, default
+      16; S3 needs >= 5 MiB), as does the server-side copy that publishes them.
+    Publishing is atomic: the object is uploaded under a temporary key (``.NAME.wgtmp-HEX``, never
+    listed), copied onto its final key, and the temporary key deleted; a retried publish starts
+    over with a fresh temporary key, so the final key only ever holds a whole object.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        multipart_threshold: int | None = None,
+        multipart_chunksize: int | None = None,
+        retry_seconds: float | None = None,
+    ):
         if not bucket:
             raise StorageError("s3 URI has no bucket: use s3://bucket/prefix")
         self.bucket = bucket
         self.prefix = _check_key(prefix, allow_empty=True)
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        mib = 1 << 20
+        self.multipart_threshold = int(
+            multipart_threshold or _env_float("WEIGHTGEN_S3_MULTIPART_MB", 64) * mib
+        )
+        self.multipart_chunksize = int(
+            multipart_chunksize or _env_float("WEIGHTGEN_S3_PART_MB", 16) * mib
+        )
+        self.retry_seconds = float(
+            retry_seconds
+            if retry_seconds is not None
+            else _env_float("WEIGHTGEN_S3_RETRY_SECONDS", 120)
+        )
+        self.retries = 0  # transient errors retried by this object (for tests and logs)
         self._client_obj = None
 
+    _STATE = (
+        "bucket",
+        "prefix",
+        "uri",
+        "multipart_threshold",
+        "multipart_chunksize",
+        "retry_seconds",
+    )
+
     def __getstate__(self) -> dict:
-        return {"bucket": self.bucket, "prefix": self.prefix, "uri": self.uri}
+        return {k: getattr(self, k) for k in self._STATE}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.retries = 0
         self._client_obj = None
 
     @property
@@ -227,15 +330,53 @@ class S3Storage(Storage):
             s3_opts = {}
             if os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
                 s3_opts["addressing_style"] = "path"  # MinIO, SeaweedFS, moto on an IP endpoint
+            retries = {
+                "mode": os.environ.get("AWS_RETRY_MODE") or "standard",
+                "max_attempts": int(_env_float("AWS_MAX_ATTEMPTS", 5)),
+            }
             config = Config(
-                retries=dict(_S3_RETRIES), connect_timeout=10, read_timeout=60, s3=s3_opts or None
+                retries=retries,
+                connect_timeout=5,
+                read_timeout=60,
+                max_pool_connections=16,
+                s3=s3_opts or None,
             )
             self._client_obj = boto3.session.Session().client("s3", config=config)
         return self._client_obj
 
+    @property
+    def _transfer(self):
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=max(self.multipart_chunksize, 5 << 20),
+            max_concurrency=4,
+            use_threads=True,
+        )
+
     def _key(self, key: str) -> str:
         key = _check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _retry(self, action: str, key: str, fn):
+        """``fn()`` until it succeeds, a non-transient error (-> StorageError), or the deadline."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                return fn()
+            except StorageError:
+                raise
+            except Exception as e:
+                if not _transient(e) or time.monotonic() + delay > deadline:
+                    raise self._error(action, key, e) from None
+                self.retries += 1
+                log.info(
+                    "%s %s: %s; retrying in %.1f s", action, self.join(key), type(e).__name__, delay
+                )
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(2 * delay, 5.0)
 
     def _error(self, action: str, key: str, e: Exception) -> StorageError:
         from botocore.exceptions import (
@@ -271,109 +412,128 @@ class S3Storage(Storage):
                     "permissions on this bucket"
                 )
             return StorageError(f"cannot {action} {where}: {code}: {err.get('Message', '')}")
+        if _transient(e):
+            return StorageError(
+                f"cannot {action} {where}: S3 still failing after {self.retry_seconds:.0f} s of "
+                f"retries ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "check the server and AWS_ENDPOINT_URL"
+            )
         return StorageError(f"cannot {action} {where}: {type(e).__name__}: {e}")
 
-    def _promote(self, tmp: str, key: str) -> None:
-        """Copy temp key -> final key (multipart for big objects), then delete the temp key."""
-        c = self._client
-        try:
-            c.copy({"Bucket": self.bucket, "Key": tmp}, self.bucket, self._key(key))
-        finally:
-            c.delete_object(Bucket=self.bucket, Key=tmp)
+    def _publish(self, key: str, upload) -> None:
+        """``upload(tmp_key)`` writes the object under a temporary key; then copy onto ``key``
+        (multipart above the threshold) and delete the temporary key. Retried as a whole."""
+        final = self._key(key)
+
+        def attempt() -> None:
+            c = self._client
+            tmp = self._key(_tmp_name(_check_key(key)))
+            try:
+                upload(tmp)
+                c.copy(
+                    {"Bucket": self.bucket, "Key": tmp}, self.bucket, final, Config=self._transfer
+                )
+            finally:
+                with contextlib.suppress(Exception):  # a stray temp key is invisible to list()
+                    c.delete_object(Bucket=self.bucket, Key=tmp)
+
+        self._retry("write", key, attempt)
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        tmp = self._key(_tmp_name(_check_key(key)))
-        try:
-            self._client.put_object(Bucket=self.bucket, Key=tmp, Body=bytes(data))
-            self._promote(tmp, key)
-        except StorageError:
-            raise
-        except Exception as e:
-            raise self._error("write", key, e) from None
+        data = bytes(data)
+
+        def upload(tmp: str) -> None:
+            if len(data) >= self.multipart_threshold:
+                self._client.upload_fileobj(
+                    io.BytesIO(data), self.bucket, tmp, Config=self._transfer
+                )
+            else:
+                self._client.put_object(Bucket=self.bucket, Key=tmp, Body=data)
+
+        self._publish(key, upload)
 
     def write_file(self, key: str, local_path: str | os.PathLike) -> None:
         src = Path(local_path)
         if not src.is_file():
             raise StorageError(f"cannot upload {src} to {self.join(key)}: not a file")
-        tmp = self._key(_tmp_name(_check_key(key)))
-        try:
-            self._client.upload_file(str(src), self.bucket, tmp)  # multipart above 8 MiB
-            self._promote(tmp, key)
-        except StorageError:
-            raise
-        except Exception as e:
-            raise self._error("upload", key, e) from None
+        self._publish(
+            key,
+            lambda tmp: self._client.upload_file(str(src), self.bucket, tmp, Config=self._transfer),
+        )
 
     def read_bytes(self, key: str) -> bytes:
-        try:
+        def get() -> bytes:
             obj = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
             return obj["Body"].read()
-        except StorageError:
-            raise
-        except Exception as e:
-            raise self._error("read", key, e) from None
+
+        return self._retry("read", key, get)
 
     def exists(self, key: str) -> bool:
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except StorageError:
-            raise
-        except Exception as e:
-            err = self._error("check", key, e)
-            if isinstance(err, KeyNotFoundError):
-                return False
-            raise err from None
+        def head() -> bool:
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+                return True
+            except Exception as e:
+                if isinstance(self._error("check", key, e), KeyNotFoundError):
+                    return False
+                raise
+
+        return self._retry("check", key, head)
 
     def list(self, prefix: str = "") -> list[str]:
         root = f"{self.prefix}/" if self.prefix else ""
-        keys = []
-        try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=root + prefix
-            )
-            for page in pages:
+
+        def pages() -> list[str]:
+            keys = []
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
                 for obj in page.get("Contents", []):
                     key = obj["Key"][len(root) :]
                     if key and not is_temp_key(key):
                         keys.append(key)
-        except StorageError:
-            raise
-        except Exception as e:
-            raise self._error("list", prefix, e) from None
-        return sorted(keys)
+            return keys
+
+        return sorted(self._retry("list", prefix, pages))
 
     def delete(self, key: str) -> None:
-        try:
-            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except StorageError:
-            raise
-        except Exception as e:
-            raise self._error("delete", key, e) from None
+        self._retry(
+            "delete",
+            key,
+            lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)),
+        )
 
     def child(self, subdir: str) -> S3Storage:
         sub = _check_key(subdir)
-        return S3Storage(self.bucket, f"{self.prefix}/{sub}" if self.prefix else sub)
+        return S3Storage(
+            self.bucket,
+            f"{self.prefix}/{sub}" if self.prefix else sub,
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.multipart_chunksize,
+            retry_seconds=self.retry_seconds,
+        )
 
     def check_writable(self) -> None:
         from botocore.exceptions import ClientError
 
-        c = self._client
-        try:
-            c.head_bucket(Bucket=self.bucket)
-        except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "?")
-            if code not in ("404", "NoSuchBucket", "NotFound"):
-                raise self._error("access bucket of", "", e) from None
+        def head_bucket() -> bool:
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+                return True
+            except ClientError as e:
+                code = e.response.get("Error", {}).get("Code", "?")
+                if code in ("404", "NoSuchBucket", "NotFound"):
+                    return False
+                raise
+
+        if not self._retry("access bucket of", "", head_bucket):
             self._create_bucket()
-        except Exception as e:
-            raise self._error("access bucket of", "", e) from None
         probe = _tmp_name("write-probe")
-        try:
-            c.put_object(Bucket=self.bucket, Key=self._key(probe), Body=b"")
-            c.delete_object(Bucket=self.bucket, Key=self._key(probe))
-        except Exception as e:
-            raise self._error("write", probe, e) from None
+
+        def put_and_delete() -> None:
+            self._client.put_object(Bucket=self.bucket, Key=self._key(probe), Body=b"")
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(probe))
+
+        self._retry("write", probe, put_and_delete)
 
     def _create_bucket(self) -> None:
         c = self._client
@@ -381,13 +541,17 @@ class S3Storage(Storage):
         kw = {}
         if region and region != "us-east-1":
             kw["CreateBucketConfiguration"] = {"LocationConstraint": region}
-        try:
-            c.create_bucket(Bucket=self.bucket, **kw)
-            log.info("created bucket s3://%s", self.bucket)
-        except Exception as e:
-            code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
-            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise self._error("create bucket for", "", e) from None
+
+        def create() -> None:
+            try:
+                c.create_bucket(Bucket=self.bucket, **kw)
+                log.info("created bucket s3://%s", self.bucket)
+            except Exception as e:
+                code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+                if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+        self._retry("create bucket for", "", create)
 
 
 # --------------------------------------------------------------------------------------------

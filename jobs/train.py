@@ -1,0 +1,74 @@
+"""Train the weight generator: the flags of `weightgen train`, for one process or torchrun.
+
+  python jobs/train.py --data runs/demo/dataset --out runs/demo/generator
+  DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 2 jobs/train.py --data D --out R --zero 2
+  torchrun --nnodes N --nproc_per_node G ... jobs/train.py --preset paper --data s3://b/p --out R --zero 3
+
+Rank 0 prints one line `summary: {json}` at the end; errors a user can cause are one line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="data set URI (path, file://, s3://)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, tb, exported generator")
+    p.add_argument("--preset", default="tiny", help="train preset: tiny | paper")
+    p.add_argument("--zero", type=int, choices=(1, 2, 3), default=None, help="ZeRO stage")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last complete checkpoint"
+    )
+    p.add_argument("--size", choices=("tiny", "base", "large"), default=None, help="model size")
+    p.add_argument("--per-block", action="store_true", default=None, help="paper's per-block mode")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="global batch (all ranks)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=None)
+    p.add_argument("--ckpt-every", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per rank")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from weightgen.errors import WeightgenError
+    from weightgen.train import train_config, train_generator
+
+    try:
+        cfg = train_config(
+            args.preset,
+            size=args.size,
+            zero_stage=args.zero,
+            max_steps=args.max_steps,
+            per_block=args.per_block,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            log_every=args.log_every,
+            ckpt_every=args.ckpt_every,
+            threads=args.threads,
+            bf16=args.bf16,
+        )
+        summary = train_generator(
+            args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress
+        )
+    except WeightgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("summary: " + json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

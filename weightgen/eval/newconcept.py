@@ -1,0 +1,127 @@
+"""New-concept evaluation: initialisations for a concept the generator never saw, their quality at
+step 0, and short fine-tunes from each, all on the same images, seeds and evaluation schedule.
+
+Methods (DESIGN.md report contract):
+  base       the base generator alone (no LoRA, no training)
+  scratch    pix2pix U-Net from random initialisation (trained)
+  lora-zero  base + LoRA with B = 0, the E2GAN recipe (trained)
+  generated  base + LoRA sampled from the generator in one step (trained)
+  nearest    base + the training LoRA whose concept text is most similar (trained)
+  mean       base + the mean training LoRA (trained)
+Training pairs come from collection photos, evaluation pairs from evaluation photos only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from weightgen.blocks import BlockLayout, BlockStats
+from weightgen.concepts import Concept, make_pairs
+from weightgen.config import Preset
+from weightgen.gan import build_concept_model, evaluate, train_concept
+
+TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean")
+EVAL_SEED = 0
+TRAIN_SEED = 0
+
+
+@dataclass
+class WeightBaselines:
+    """The honest weight-space baselines from the training dataset."""
+
+    layout: BlockLayout
+    mean_lora: dict[str, torch.Tensor]
+    texts: np.ndarray  # (M, D) pooled, L2-normalised text embeddings of the training samples
+    blocks: np.ndarray  # (M, N, S)
+    concept_ids: list[str]
+
+    @classmethod
+    def from_dataset(cls, uri: str) -> WeightBaselines:
+        from weightgen.data import load_all, open_storage
+
+        st = open_storage(uri)
+        layout = BlockLayout.from_dict(json.loads(st.read_bytes("layout.json")))
+        keys, blocks, texts, metas = load_all(uri, expected_layout_hash=layout.hash)
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "stats.safetensors"
+            p.write_bytes(st.read_bytes("stats.safetensors"))
+            stats = BlockStats.load(p, expected_layout_hash=layout.hash)
+        # per-element stats: the mean of the data set's blocks is exactly the mean LoRA
+        mean_lora = layout.from_blocks(stats.mean)
+        return cls(layout, mean_lora, texts, blocks, [m["concept_id"] for m in metas])
+
+    def nearest(self, pooled: torch.Tensor) -> tuple[dict[str, torch.Tensor], str, float]:
+        """(LoRA, concept id, cosine similarity) of the training sample with the closest text."""
+        sims = self.texts @ pooled.numpy().astype(np.float32)
+        i = int(np.argmax(sims))
+        return (
+            self.layout.from_blocks(torch.from_numpy(self.blocks[i])),
+            self.concept_ids[i],
+            float(sims[i]),
+        )
+
+
+def eval_pairs(concept: Concept, preset: Preset, n: int | None = None):
+    n = preset.concept.n_eval_pairs if n is None else n
+    return make_pairs(concept, n, size=preset.gan.image_size, seed=EVAL_SEED, split="eval")
+
+
+def step0_quality(
+    preset: Preset, base_state, lora: dict | None, concept: Concept, tokens, mask, pairs
+) -> tuple[float, float]:
+    """PSNR/SSIM of base + `lora` (None: the base alone) on the concept's evaluation pairs."""
+    g = build_concept_model("lora", preset.gan, preset.lora, base_state, init_lora=lora)
+    return evaluate(g, pairs[0], pairs[1], tokens[None], mask[None])
+
+
+def finetune(
+    method: str,
+    *,
+    preset: Preset,
+    base_state,
+    concept: Concept,
+    tokens,
+    mask,
+    init_lora: dict | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
+    pairs=None,
+):
+    """One method's fine-tune of one concept (same images, seed and schedule for every method)."""
+    if method not in TRAINED:
+        raise ValueError(f"unknown method {method!r}; choose one of {TRAINED}")
+    cfg = preset.concept
+    train = make_pairs(
+        concept, cfg.n_train_pairs, size=preset.gan.image_size, seed=TRAIN_SEED, split="collect"
+    )
+    return train_concept(
+        method="scratch" if method == "scratch" else "lora",
+        gan_cfg=preset.gan,
+        lora_cfg=preset.lora,
+        cfg=cfg,
+        base_state=base_state,
+        tokens=tokens,
+        mask=mask,
+        train_pairs=train,
+        eval_pairs=pairs if pairs is not None else eval_pairs(concept, preset),
+        init_lora=init_lora,
+        seed=TRAIN_SEED,
+        steps=steps,
+        lr=lr,
+    )
+
+
+def timed_generate(bundle, texts: list[str], **kw) -> tuple[list[dict], float]:
+    from weightgen.diffusion import generate_lora
+
+    t0 = time.perf_counter()
+    out = generate_lora(bundle, texts, **kw)
+    return out, time.perf_counter() - t0

@@ -1,0 +1,423 @@
+"""Train the block diffusion generator through a DeepSpeed engine (ZeRO 1/2/3).
+
+One code path for one process (this module sets the launcher variables itself: RANK=0,
+WORLD_SIZE=1, a free MASTER_PORT) and for `torchrun --nproc_per_node G` (gloo on CPU with
+DS_ACCELERATOR=cpu, NCCL on GPU). Output folder OUT:
+  checkpoints/step-NNNNNNN/   DeepSpeed state + ema.safetensors + trainer.json + COMPLETE (last)
+  tb/                         TensorBoard scalars: train/loss, train/grad_norm, train/lr, train/samples_per_s
+  train_log.jsonl             the same scalars, one JSON line per logged step (rank 0)
+  config.json                 the resolved TrainConfig
+  model/ layout.json stats.safetensors generator.json   the export (generator.json last)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from weightgen.diffusion.model import SIZES, BlockDiT, block_dit, count_params
+from weightgen.diffusion.sampler import GENERATOR_JSON, LAYOUT_JSON, MODEL_DIR, STATS_FILE
+from weightgen.diffusion.schedule import (
+    BETA_SCHEDULE,
+    NUM_TRAIN_TIMESTEPS,
+    diffusion_loss,
+    make_train_scheduler,
+)
+from weightgen.errors import ConfigError
+from weightgen.train.checkpoint import (
+    EMA,
+    export_ema,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from weightgen.train.data import StepBatches, TrainData, TrainError, load_train_data
+
+log = logging.getLogger(__name__)
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+LOG_FILE = "train_log.jsonl"
+# config values that fix the model or the data order: a resumed run must keep them
+_RESUME_FIXED = ("size", "per_block", "use_block_index", "model_overrides", "batch_size", "seed")
+
+
+@dataclass
+class TrainConfig:
+    size: str = "tiny"  # model size: tiny | base | large (weightgen.diffusion.model.SIZES)
+    per_block: bool = False  # the paper's mode: every block denoised alone
+    use_block_index: bool = True
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"depth": 6}
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 32  # global (all ranks); each rank takes batch_size / world_size
+    max_steps: int = 600
+    warmup_steps: int = 50  # linear warm-up, then constant (resume-safe: no max_steps in it)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    ckpt_every: int = 200
+    keep_last: int = 2
+    log_every: int = 10
+    cond_drop_prob: float = 0.1
+    zero_stage: int = 1
+    bf16: bool | None = None  # None: on when CUDA supports bf16
+    seed: int = 0
+    num_workers: int = 0  # DataLoader workers preparing step batches (data is in memory)
+    threads: int | None = None  # CPU intra-op threads per rank (None: torch's default); 1 on a
+    # shared or oversubscribed CPU, where more threads can be ~10x slower
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.size not in SIZES:
+            raise ConfigError(
+                f"unknown model size {self.size!r}; choose one of: {', '.join(SIZES)}"
+            )
+        if self.zero_stage not in (1, 2, 3):
+            raise ConfigError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        for name in ("batch_size", "max_steps", "ckpt_every", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1 or None, got {self.threads}")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.num_workers < 0:
+            raise ConfigError("lr must be > 0, warmup_steps and num_workers >= 0")
+        if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ConfigError("ema_decay and cond_drop_prob must be in [0, 1)")
+        self.model_overrides = dict(self.model_overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown train config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # ~2.5 min on 2 CPU cores for the demo's ~100-300 LoRAs of N≈80 blocks
+    "tiny": {},
+    "paper": dict(
+        size="base",
+        lr=1e-4,
+        batch_size=256,
+        max_steps=100_000,
+        warmup_steps=1000,
+        ema_decay=0.9999,
+        ckpt_every=5000,
+        keep_last=3,
+        log_every=50,
+        zero_stage=2,
+        num_workers=2,
+    ),
+}
+
+
+def train_config(preset: str = "tiny", **overrides) -> TrainConfig:
+    """The named preset with `overrides` (None values ignored), validated."""
+    if preset not in TRAIN_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(TRAIN_PRESETS)}")
+    kw = {**TRAIN_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig.from_dict(kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Process group and DeepSpeed
+# --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); launcher variables set for one process when absent."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+    if "RANK" not in os.environ and not (dist.is_available() and dist.is_initialized()):
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def deepspeed_config(cfg: TrainConfig, world: int, bf16: bool) -> dict[str, Any]:
+    """configs/deepspeed/zero{stage}.json merged with this run's values."""
+    path = DS_CONFIG_DIR / f"zero{cfg.zero_stage}.json"
+    base = json.loads(path.read_text()) if path.is_file() else {}
+    base.setdefault("zero_optimization", {})["stage"] = cfg.zero_stage
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} must divide by the {world} ranks")
+    return {
+        **base,
+        "train_batch_size": cfg.batch_size,
+        "train_micro_batch_size_per_gpu": cfg.batch_size // world,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.grad_clip,
+        "bf16": {**base.get("bf16", {}), "enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def _all_mean(x: float, device: torch.device) -> float:
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    if dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return float(t.item())
+
+
+def _grad_norm(engine) -> float | None:
+    g = engine.get_global_grad_norm()
+    if g is None:
+        return None
+    return float(g.item() if torch.is_tensor(g) else g)
+
+
+# --------------------------------------------------------------------------------------------
+# Output folder
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare_out(out: Path, cfg: TrainConfig, resume: bool, is_main: bool) -> int | None:
+    """Checks OUT against resume; returns the step to resume from (None: start fresh)."""
+    last = latest_checkpoint(out)
+    if last is not None and not resume:
+        raise TrainError(
+            f"{out} already holds checkpoints (last step {last[0]}); pass --resume to continue "
+            "or choose a new --out"
+        )
+    if last is None:
+        return None
+    old = out / "config.json"
+    if old.is_file():
+        prev = json.loads(old.read_text())
+        changed = [k for k in _RESUME_FIXED if prev.get(k) != cfg.to_dict().get(k)]
+        if changed:
+            raise TrainError(
+                f"cannot resume {out}: {', '.join(changed)} differ from the checkpointed run "
+                "(start a new --out to change them)"
+            )
+    return last[0]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _trim_log(path: Path, keep_upto: int) -> None:
+    """Drop log lines of steps after `keep_upto` (work lost since the resumed checkpoint)."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["step"] <= keep_upto]
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def _export(out: Path, engine, ema: EMA, data: TrainData, cfg: TrainConfig, meta: dict) -> None:
+    export_ema(BlockDiT, dict(engine.module.config), ema, out / MODEL_DIR)
+    (out / LAYOUT_JSON).write_bytes(data.layout_bytes)
+    (out / STATS_FILE).write_bytes(data.stats_bytes)
+    _write_json(out / GENERATOR_JSON, meta)  # last: marks the export complete
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def train_generator(
+    data_uri: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a BlockDiT on the data set at `data_uri`; export the EMA generator into `out_dir`.
+
+    Every rank calls this (one process, or each torchrun worker). Returns a summary dict (same on
+    every rank): steps, resumed_from, first_loss, final_loss, seconds, steps_per_s,
+    samples_per_s, params, world_size, zero_stage, out.
+    """
+    import deepspeed
+
+    cfg = cfg or TrainConfig()
+    out = Path(out_dir)
+    data = load_train_data(data_uri)  # TrainError on a missing / empty / foreign data set
+    rank, world, device = init_distributed()
+    is_main = rank == 0
+    start = _prepare_out(out, cfg, resume, is_main)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / GENERATOR_JSON).unlink(missing_ok=True)  # the old export is stale from here on
+        _write_json(out / "config.json", cfg.to_dict())
+    bf16 = (
+        cfg.bf16
+        if cfg.bf16 is not None
+        else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    )
+
+    if cfg.threads is not None and device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model = block_dit(
+        cfg.size,
+        num_blocks=data.layout.num_blocks,
+        block_size=data.layout.block_size,
+        text_dim=data.pooled.shape[1],
+        per_block=cfg.per_block,
+        use_block_index=cfg.use_block_index,
+        cond_drop_prob=cfg.cond_drop_prob,
+        **cfg.model_overrides,
+    ).to(device)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    n_params = count_params(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(cfg.warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(cfg, world, bf16)
+    )
+    ema = EMA(engine.module, cfg.ema_decay, zero_stage=cfg.zero_stage, is_main=is_main)
+    step = 0
+    if start is not None:
+        step = load_checkpoint(engine, ema, out / "checkpoints" / f"step-{start:07d}")
+    resumed_from = step
+    log_path = out / LOG_FILE
+    if is_main:
+        _trim_log(log_path, step)
+    dist.barrier()
+
+    scheduler = make_train_scheduler()
+    valid = data.layout.valid_mask(device)  # (N, S)
+    rank_seed = cfg.seed * world + rank
+    loader = torch.utils.data.DataLoader(
+        StepBatches(data, rank, world, cfg.batch_size // world, rank_seed, step, cfg.max_steps),
+        batch_size=None,
+        num_workers=cfg.num_workers,
+    )
+    tb = bar = None
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        tb = SummaryWriter(str(out / "tb"))
+        bar = tqdm(
+            total=cfg.max_steps, initial=step, desc="train", unit="step", disable=not progress
+        )
+    losses: deque[float] = deque(maxlen=20)
+    first: list[float] = []
+    t_start = t_log = time.perf_counter()
+    steps_since_log = 0
+    engine.train()
+    # ---- the step loop -----------------------------------------------------------------------
+    for x0, pooled, tokens, mask in loader:
+        g = torch.Generator(device=device).manual_seed(rank_seed * 1_000_003 + step)
+        loss = diffusion_loss(
+            engine, x0.to(device), valid, pooled.to(device), tokens.to(device), mask.to(device),
+            scheduler=scheduler, generator=g, cond_drop_prob=cfg.cond_drop_prob,
+        )  # fmt: skip
+        engine.backward(loss)
+        engine.step()
+        step += 1
+        ema.update(step)
+        loss_val = _all_mean(loss.item(), device)
+        losses.append(loss_val)
+        if len(first) < 5:
+            first.append(loss_val)
+        steps_since_log += 1
+        if is_main:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_val:.4f}")
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            gn = _grad_norm(engine)
+            now = time.perf_counter()
+            sps = steps_since_log * cfg.batch_size / max(now - t_log, 1e-9)
+            t_log, steps_since_log = now, 0
+            if is_main:
+                row = {"step": step, "loss": loss_val, "grad_norm": gn, "lr": engine.get_lr()[0],
+                       "samples_per_s": sps}  # fmt: skip
+                for k in ("loss", "grad_norm", "lr", "samples_per_s"):
+                    if row[k] is not None:
+                        tb.add_scalar(f"train/{k}", row[k], step)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+            state = {"loss": loss_val, "config": cfg.to_dict(), "world_size": world}
+            save_checkpoint(engine, ema, out, step, state, keep_last=cfg.keep_last, is_main=is_main)
+    # -------------------------------------------------------------------------------------------
+    seconds = time.perf_counter() - t_start
+    done = step - resumed_from
+    final_loss = sum(losses) / len(losses) if losses else None
+    summary = {
+        "out": str(out),
+        "steps": step,
+        "resumed_from": resumed_from,
+        "first_loss": sum(first) / len(first) if first else None,
+        "final_loss": final_loss,
+        "seconds": seconds,
+        "steps_per_s": done / seconds if done else None,
+        "samples_per_s": done * cfg.batch_size / seconds if done else None,
+        "params": n_params,
+        "world_size": world,
+        "zero_stage": cfg.zero_stage,
+        "num_samples": data.num_samples,
+    }
+    if final_loss is None and (out / LOG_FILE).is_file() and is_main:  # nothing left to train
+        rows = [json.loads(ln) for ln in (out / LOG_FILE).read_text().splitlines() if ln.strip()]
+        summary["final_loss"] = rows[-1]["loss"] if rows else None
+    if is_main:
+        bar.close()
+        tb.close()
+        meta = {
+            "format": "weightgen-generator/1",
+            "text_model": data.text_model,
+            "max_text_tokens": int(data.tokens.shape[1]),
+            "text_tokens": data.has_tokens,
+            "dataset": data.uri,
+            "layout_hash": data.layout.hash,
+            "num_samples": data.num_samples,
+            "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+            "beta_schedule": BETA_SCHEDULE,
+            "prediction_type": "sample",
+            "train_config": cfg.to_dict(),
+            "summary": summary,
+            "final_loss": summary["final_loss"],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _export(out, engine, ema, data, cfg, meta)
+    dist.barrier()
+    return summary
