@@ -22,6 +22,8 @@ it, a larger plan adds only the new ids.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -58,6 +60,7 @@ from weightgen.data import (
 )
 from weightgen.errors import WeightgenError
 from weightgen.gan import load_base
+from weightgen.gan.base import BaseNotFoundError
 from weightgen.text import get_encoder
 
 log = logging.getLogger(__name__)
@@ -134,15 +137,68 @@ def fingerprint(preset: Preset, base_sha256: str) -> str:
 
 
 def plan(
-    concept_ids: list[str], seeds_per_concept: int, preset: Preset, base_sha256: str
+    concept_ids: list[str],
+    seeds_per_concept: int,
+    preset: Preset,
+    base_sha256: str,
+    sources: dict | None = None,
 ) -> list[PlannedJob]:
-    """Jobs (concept x seed) with content ids: the same inputs give the same ids, anywhere."""
+    """Jobs (concept x seed) with content ids: the same inputs give the same ids, anywhere.
+
+    ``sources`` maps ids of pair sources (weightgen.concepts.sources) to the sources; their ids
+    hash the source's fingerprint (file contents, pipeline weights) where a concept's hash its
+    edit program."""
+    sources = sources or {}
     fp = fingerprint(preset, base_sha256)
-    out = []
-    for job in plan_jobs(concept_ids, seeds_per_concept):
-        program = get_concept(job.concept_id).to_dict()
-        out.append(PlannedJob(job, _sha(fp, job.content_id(preset), program)[:16]))
-    return out
+    what = {
+        i: ["source", sources[i].fingerprint(), sources[i].text]
+        if i in sources
+        else get_concept(i).to_dict()
+        for i in dict.fromkeys(concept_ids)
+    }
+    return [
+        PlannedJob(job, _sha(fp, job.content_id(preset), what[job.concept_id])[:16])
+        for job in plan_jobs(concept_ids, seeds_per_concept)
+    ]
+
+
+def run_pairs_job(
+    job: Job,
+    *,
+    source,
+    preset: Preset,
+    base_state: dict[str, torch.Tensor],
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    device: str = "cpu",
+) -> dict:
+    """``run_job`` for a pair source: the same training and evaluation, pairs from ``source``."""
+    from weightgen.collection import EVAL_SEED_OFFSET
+    from weightgen.gan import train_concept
+
+    cfg, size = preset.concept, preset.gan.image_size
+    result = train_concept(
+        method="lora",
+        gan_cfg=preset.gan,
+        lora_cfg=preset.lora,
+        cfg=cfg,
+        base_state=base_state,
+        tokens=tokens,
+        mask=mask,
+        train_pairs=source.pairs(cfg.n_train_pairs, size=size, seed=job.seed, split="collect"),
+        eval_pairs=source.pairs(
+            cfg.n_eval_pairs, size=size, seed=job.seed + EVAL_SEED_OFFSET, split="collect"
+        ),
+        seed=job.seed,
+        device=device,
+    )
+    return {
+        "key": job.key,
+        "concept_id": job.concept_id,
+        "seed": job.seed,
+        "lora": {k: v.numpy() for k, v in result.lora.items()},
+        "metrics": result.metrics(),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,7 +238,11 @@ def _collect_task(ctx: dict, pj: PlannedJob, meta: dict, text: tuple) -> dict:
     pooled, tokens, mask = text
     use_gpu = preset.collect.num_gpus_per_task > 0 and torch.cuda.is_available()
     t0 = time.perf_counter()
-    result = ctx["runner"](
+    runner = ctx["runner"]
+    source = ctx.get("sources", {}).get(pj.job.concept_id)
+    if source is not None and runner is run_job:
+        runner = functools.partial(run_pairs_job, source=source)
+    result = runner(
         pj.job,
         preset=preset,
         base_state=ctx["base_state"],
@@ -249,6 +309,25 @@ def init_ray(address: str | None, num_workers: int | None):
     return ray
 
 
+@contextlib.contextmanager
+def _local_base(base: str | os.PathLike) -> Iterator[Path]:
+    """A base folder on this machine: ``base`` itself, or a temporary copy of an s3:// base."""
+    if "://" not in str(base) or str(base).startswith("file://"):
+        yield Path(open_storage(str(base)).local_path())
+        return
+    src = open_storage(str(base))
+    with tempfile.TemporaryDirectory(prefix="weightgen-base-") as tmp:
+        for name in ("generator.safetensors", "config.json", "metrics.json"):
+            try:
+                (Path(tmp) / name).write_bytes(src.read_bytes(name))
+            except KeyNotFoundError:
+                raise BaseNotFoundError(
+                    f"no complete base generator at {src.uri} ({name} is missing); upload the "
+                    "folder `weightgen base` wrote (RUN/base) there"
+                ) from None
+        yield Path(tmp)
+
+
 def _open_dataset(storage: Storage, preset: Preset, layout: BlockLayout, base_sha: str) -> None:
     """Write the dataset's identity once; refuse a dataset of another identity."""
     ident = {
@@ -298,29 +377,41 @@ def collect(
     num_workers: int | None = None,
     progress: bool = True,
     runner: Callable | None = None,
+    sources: list | None = None,
 ) -> CollectSummary:
     """Collect the first `limit` training concepts (or `concept_ids`) x seeds into `out`.
 
     Re-running skips every finished job; the manifest lists all finished jobs of all runs.
-    ``runner`` replaces ``run_job`` (same signature), e.g. ``cluster.synthetic.synthetic_job``.
+    ``sources``: pair sources (``weightgen.concepts.sources``: a folder of aligned pairs, an
+    image-editing pipeline) collected like concepts; with sources alone (no ``limit`` or
+    ``concept_ids``) only they are collected. ``runner`` replaces ``run_job`` (same signature),
+    e.g. ``cluster.synthetic.synthetic_job``.
     """
     t0 = time.perf_counter()
-    base_state, preset = load_base(base)
-    base_sha = file_sha256(Path(base) / "generator.safetensors")
+    with _local_base(base) as base_dir:
+        base_state, preset = load_base(base_dir)
+        base_sha = file_sha256(base_dir / "generator.safetensors")
     cc = preset.collect
     storage = open_storage(out)
     storage.check_writable()
-    if concept_ids is None:
+    srcs = {src.id: src for src in sources or []}
+    if len(srcs) != len(sources or []):
+        raise CollectError("two pair sources share one id; give each its own id")
+    if concept_ids is None and (limit is not None or not srcs):
         ids = [c.id for c in list_concepts("train")]
         ids = ids[:limit] if limit is not None else ids
     else:
-        ids = [get_concept(i).id for i in concept_ids]  # UnknownConceptError early, on the driver
+        ids = [get_concept(i).id for i in concept_ids or []]  # UnknownConceptError, early
+    clash = [i for i in srcs if i in {c.id for c in list_concepts()}]
+    if clash:
+        raise CollectError(f"pair source id {clash[0]!r} is a catalogue concept id; rename it")
+    ids += list(srcs)
     if not ids:
         raise CollectError("nothing to collect: --limit must be >= 1")
-    seeds = seeds_per_concept or cc.seeds_per_concept
+    seeds = cc.seeds_per_concept if seeds_per_concept is None else int(seeds_per_concept)
     if seeds < 1:
         raise CollectError(f"--seeds must be >= 1, got {seeds}")
-    jobs = plan(ids, seeds, preset, base_sha)
+    jobs = plan(ids, seeds, preset, base_sha, srcs)
 
     layout = BlockLayout.from_state_dict(lora_template(preset), block_size=cc.block_size)
     _open_dataset(storage, preset, layout, base_sha)
@@ -337,34 +428,36 @@ def collect(
         skipped=len(jobs) - len(todo),
     )
     if todo:
-        _run(
-            todo,
-            storage,
-            preset,
-            layout,
-            base_state,
-            address,
-            num_workers,
-            progress,
-            runner,
-            summary,
-        )
+        ray = init_ray(address, num_workers)
+        summary.workers = int(ray.cluster_resources().get("CPU", 0))
+        _run(ray, todo, storage, preset, layout, base_state, runner, srcs, summary, progress)
     manifest = finalize(storage)
     summary.samples = manifest.num_samples
     _summarise(jobs, ledger, summary)
     summary.seconds = time.perf_counter() - t0
+    log.info(
+        "%s: %d planned, %d skipped (finished earlier), %d run, %d duplicates, %d retried, "
+        "%d accepted, %d rejected or failed; %d samples in the dataset",
+        storage.uri,
+        summary.planned,
+        summary.skipped,
+        summary.ran,
+        summary.duplicates,
+        len(summary.retried),
+        summary.accepted,
+        len(summary.rejected),
+        summary.samples,
+    )
     return summary
 
 
-def _run(
-    todo, storage, preset, layout, base_state, address, num_workers, progress, runner, summary
-):
+def _run(ray, todo, storage, preset, layout, base_state, runner, srcs, summary, progress) -> None:
+    """Schedule ``todo`` with at most ``max_in_flight`` tasks pending; count outcomes."""
     cc = preset.collect
     encoder = get_encoder(preset.text_model, preset.gan.max_text_tokens)
     cids = list(dict.fromkeys(pj.job.concept_id for pj in todo))
-    batch = encoder.encode([get_concept(c).text for c in cids])  # workers never load the model
-    ray = init_ray(address, num_workers)
-    summary.workers = int(ray.cluster_resources().get("CPU", 0))
+    concept = {c: srcs.get(c) or get_concept(c) for c in cids}
+    batch = encoder.encode([concept[c].text for c in cids])  # workers never load the model
     text_refs = {
         c: ray.put((batch.pooled[k].numpy(), batch.tokens[k].numpy(), batch.mask[k].numpy()))
         for k, c in enumerate(cids)
@@ -377,6 +470,7 @@ def _run(
             "base_state": base_state,
             "runner": runner or run_job,
             "vet": vet,  # looked up now: a patched `vet` reaches the workers
+            "sources": srcs,
         }
     )
     task = ray.remote(
@@ -394,9 +488,9 @@ def _run(
                 pj = next(queue, None)
                 if pj is None:
                     break
-                pending[
-                    task.remote(ctx_ref, pj, _meta(pj, layout), text_refs[pj.job.concept_id])
-                ] = pj
+                cid = pj.job.concept_id
+                meta = _meta(pj, layout, concept[cid])
+                pending[task.remote(ctx_ref, pj, meta, text_refs[cid])] = pj
             if not pending:
                 break
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -419,9 +513,10 @@ def _run(
                 bar.update(1)
 
 
-def _meta(pj: PlannedJob, layout: BlockLayout) -> dict:
-    c = get_concept(pj.job.concept_id)
-    return {
+def _meta(pj: PlannedJob, layout: BlockLayout, concept=None) -> dict:
+    """The sample's meta.json, less what training adds. ``concept``: a Concept or pair source."""
+    c = concept if concept is not None else get_concept(pj.job.concept_id)
+    meta = {
         "concept_id": c.id,
         "text": c.text,
         "paraphrases": list(c.paraphrases),
@@ -431,6 +526,9 @@ def _meta(pj: PlannedJob, layout: BlockLayout) -> dict:
         "layout_hash": layout.hash,
         "content_id": pj.id,
     }
+    if "kind" in c.to_dict():  # a pair source: where its pairs came from
+        meta["source"] = c.to_dict()
+    return meta
 
 
 def _summarise(jobs: list[PlannedJob], ledger: Ledger, summary: CollectSummary) -> None:
@@ -442,7 +540,8 @@ def _summarise(jobs: list[PlannedJob], ledger: Ledger, summary: CollectSummary) 
         (_rejection(r) for r in _read_records(ledger, [(i, state[i]) for i in bad])),
         key=lambda r: r["key"],
     )
-    summary.retried = sorted(pj.key for pj in jobs if ledger.attempts(pj.id) > 1)
+    attempts = ledger.attempt_counts()
+    summary.retried = sorted(pj.key for pj in jobs if attempts.get(pj.id, 0) > 1)
 
 
 def _rejection(rec: dict) -> dict:

@@ -74,6 +74,14 @@ class Ledger:
     def attempts(self, content_id: str) -> int:
         return len(self.storage.list(f"{ATTEMPTS}/{content_id}/"))
 
+    def attempt_counts(self) -> dict[str, int]:
+        """{content_id: started attempts} of every job (one listing)."""
+        out: dict[str, int] = {}
+        for key in self.storage.list(f"{ATTEMPTS}/"):
+            cid = key.split("/")[1]
+            out[cid] = out.get(cid, 0) + 1
+        return out
+
     # -- writing --------------------------------------------------------------------------------
 
     def start_attempt(self, content_id: str) -> None:

@@ -20,7 +20,7 @@ from cluster.synthetic import synthetic_job
 from weightgen.blocks import BlockLayout, BlockStats
 from weightgen.collection import lora_template, vet
 from weightgen.config import CollectConfig, ConceptTrainConfig, GANConfig, LoRAConfig, Preset
-from weightgen.data import DatasetError, iter_samples, load_all, open_storage, read_manifest
+from weightgen.data import DatasetError, iter_samples, load_all, open_storage
 
 IDS = ["tone-010", "tint-016", "blur-003"]
 
@@ -193,3 +193,20 @@ def test_other_settings_and_legacy_datasets_are_refused(tmp_path):
         Env(legacy)
     with pytest.raises(CollectError, match="no job has passed vetting"):
         finalize(env.storage)
+
+
+def test_cli_seeds_flag_and_errors(tmp_path, capsys):
+    from weightgen.cli import main
+    from weightgen.gan import E2GANGenerator, save_base
+
+    p = _preset()
+    save_base(tmp_path / "base", E2GANGenerator(p.gan).state_dict(), p, {})
+    argv = ["collect", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "ds")]
+    assert main([*argv, "--concept", "tone-010", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "weightgen: error: --seeds must be >= 1, got 0"
+    Env(tmp_path / "other", base_sha="c" * 64)  # a dataset of another base at this --out
+    assert main([*argv[:-1], str(tmp_path / "other"), "--concept", "tone-010"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("weightgen: error: ") and "collected with other settings" in err
+    assert "\n" not in err

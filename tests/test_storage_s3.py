@@ -187,3 +187,27 @@ def test_server_crash_during_uploads_is_retried(weed_env, tmp_path, monkeypatch)
     assert st.list() == sorted(payloads)  # nothing lost, nothing twice
     for key, data in payloads.items():
         assert st.read_bytes(key) == data
+
+
+def test_base_folder_from_s3(s3_env, tmp_path):
+    import torch
+
+    from cluster.collect import _local_base
+    from weightgen.config import GANConfig, Preset
+    from weightgen.gan import E2GANGenerator, load_base, save_base
+    from weightgen.gan.base import BaseNotFoundError
+
+    preset = Preset(name="t", gan=GANConfig(image_size=16, channels=8))
+    save_base(tmp_path / "base", E2GANGenerator(preset.gan).state_dict(), preset, {"steps": 0})
+    st = open_storage("s3://wg-base/runs/base")
+    st.check_writable()
+    for f in (tmp_path / "base").iterdir():
+        st.write_file(f.name, f)
+    with _local_base("s3://wg-base/runs/base") as local:
+        state, p = load_base(local)
+    assert p.gan.image_size == 16
+    assert all(torch.equal(v, load_base(tmp_path / "base")[0][k]) for k, v in state.items())
+    st.delete("metrics.json")
+    with pytest.raises(BaseNotFoundError, match=r"s3://wg-base/runs/base \(metrics\.json"):
+        with _local_base("s3://wg-base/runs/base"):
+            pass

@@ -158,10 +158,13 @@ class LocalStorage(Storage):
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
-        if not self.root.is_dir():
+        # walk only below the prefix's folder part: listing ledger/ must not visit every shard
+        head = prefix.rpartition("/")[0]
+        start = self.root / _check_key(head) if head else self.root
+        if not start.is_dir():
             return []
         keys = []
-        for dirpath, _, files in os.walk(self.root):
+        for dirpath, _, files in os.walk(start):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in files:
                 key = name if rel == "." else f"{rel}/{name}"

@@ -178,7 +178,9 @@ class BlockDiT(ModelMixin, ConfigMixin):
         self.block_embed = nn.Parameter(torch.zeros(num_blocks, D)) if use_block_index else None
         self.t_proj = Timesteps(freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.t_embed = TimestepEmbedding(freq_dim, D)
-        self.text_pool_embed = nn.Sequential(nn.Linear(text_dim, D), nn.SiLU(), nn.Linear(D, D))
+        self.text_pool_embed = nn.Sequential(
+            nn.LayerNorm(text_dim), nn.Linear(text_dim, D), nn.SiLU(), nn.Linear(D, D)
+        )
         self.text_tok_embed = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, D))
         # null text for dropout / classifier-free guidance: one pooled vector and one token
         self.null_pooled = nn.Parameter(torch.zeros(text_dim))
@@ -198,8 +200,8 @@ class BlockDiT(ModelMixin, ConfigMixin):
                     nn.init.zeros_(m.bias)
 
         self.apply(_basic)
-        if self.block_embed is not None:
-            nn.init.normal_(self.block_embed, std=0.02)
+        if self.block_embed is not None:  # unit scale, like DiT's sin-cos positions: at t=T-1
+            nn.init.normal_(self.block_embed, std=1.0)  # a 0.02 index drowns in x_embed(noise)
         nn.init.normal_(self.null_pooled, std=0.02)
         nn.init.normal_(self.null_token, std=0.02)
         for lin in (self.t_embed.linear_1, self.t_embed.linear_2):

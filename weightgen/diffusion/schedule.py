@@ -59,11 +59,14 @@ def diffusion_loss(
     scheduler: DDPMScheduler | None = None,
     generator: torch.Generator | None = None,
     cond_drop_prob: float | None = None,
+    last_t_frac: float = 0.0,
 ) -> Tensor:
     """x0 (B, N, S) normalised clean blocks, valid (N, S) bool -> scalar MSE over valid entries.
 
     t ~ U{0..T-1}, noise ~ N(0, I), text dropped with probability `cond_drop_prob` (default: the
     model's config value), all drawn from `generator` (so a step's randomness is reproducible).
+    `last_t_frac` of the samples (in expectation) get t = T-1 instead: the pure-noise input that
+    single-step sampling starts from, where only the text (and index) can tell the weights apart.
     """
     scheduler = scheduler or make_train_scheduler()
     B, dev = x0.shape[0], x0.device
@@ -75,6 +78,9 @@ def diffusion_loss(
     t = torch.randint(0, T, (B,), generator=generator, device=gdev).to(dev)  # (B,)
     noise = _randn(x0.shape, generator, dev)  # (B, N, S)
     drop = (torch.rand(B, generator=generator, device=gdev) < cond_drop_prob).to(dev)  # (B,)
+    if last_t_frac > 0:
+        last = (torch.rand(B, generator=generator, device=gdev) < last_t_frac).to(dev)  # (B,)
+        t = torch.where(last, torch.full_like(t, T - 1), t)
 
     v = valid.to(device=dev, dtype=torch.float32)  # (N, S)
     x0 = x0.to(torch.float32) * v  # (B, N, S) padding -> 0

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,9 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 10
     cond_drop_prob: float = 0.1
+    # share of samples trained at t = T-1, the pure noise single-step sampling starts from
+    # (measured, tiny, 300 steps: 1-step train MSE vs mean LoRA 0.59 at 0, 0.45 at 0.5)
+    last_t_frac: float = 0.5
     zero_stage: int = 1
     bf16: bool | None = None  # None: on when CUDA supports bf16
     seed: int = 0
@@ -93,6 +97,8 @@ class TrainConfig:
             raise ConfigError("lr must be > 0, warmup_steps and num_workers >= 0")
         if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.cond_drop_prob < 1.0:
             raise ConfigError("ema_decay and cond_drop_prob must be in [0, 1)")
+        if not 0.0 <= self.last_t_frac <= 1.0:
+            raise ConfigError(f"last_t_frac must be in [0, 1], got {self.last_t_frac}")
         self.model_overrides = dict(self.model_overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,15 +163,13 @@ def init_distributed() -> tuple[int, int, torch.device]:
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before NCCL comes up: one GPU per local rank
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -208,7 +212,7 @@ def _grad_norm(engine) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare_out(out: Path, cfg: TrainConfig, resume: bool, is_main: bool) -> int | None:
+def _prepare_out(out: Path, cfg: TrainConfig, resume: bool) -> int | None:
     """Checks OUT against resume; returns the step to resume from (None: start fresh)."""
     last = latest_checkpoint(out)
     if last is not None and not resume:
@@ -271,14 +275,19 @@ def train_generator(
     every rank): steps, resumed_from, first_loss, final_loss, seconds, steps_per_s,
     samples_per_s, params, world_size, zero_stage, out.
     """
-    import deepspeed
-
+    # DeepSpeed's ZeRO-2/3 call torch's renamed collectives on every step
+    warnings.filterwarnings(
+        "ignore", r".*(reduce_scatter_tensor|all_gather_into_tensor)", FutureWarning
+    )
     cfg = cfg or TrainConfig()
     out = Path(out_dir)
     data = load_train_data(data_uri)  # TrainError on a missing / empty / foreign data set
     rank, world, device = init_distributed()
+    import deepspeed  # after init_distributed chose the accelerator
+
     is_main = rank == 0
-    start = _prepare_out(out, cfg, resume, is_main)
+    start = _prepare_out(out, cfg, resume)
+    dist.barrier()  # every rank has read OUT before rank 0 changes it
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / GENERATOR_JSON).unlink(missing_ok=True)  # the old export is stale from here on
@@ -349,6 +358,7 @@ def train_generator(
         loss = diffusion_loss(
             engine, x0.to(device), valid, pooled.to(device), tokens.to(device), mask.to(device),
             scheduler=scheduler, generator=g, cond_drop_prob=cfg.cond_drop_prob,
+            last_t_frac=cfg.last_t_frac,
         )  # fmt: skip
         engine.backward(loss)
         engine.step()
