@@ -9,7 +9,8 @@
    Jobs per second, wall milliseconds per job, driver RSS (start, peak, end; the text model is
    loaded before the measurement).
 2. Real tiny-preset collection (training included) of the same concepts with 1 and 2 workers:
-   concepts per minute and the 2/1 ratio.
+   concepts per minute (whole run: Ray start, text encoding, finalise included), the 2/1 ratio,
+   and the median training time per task (it grows when the cores are not really free).
 3. Upload throughput: the same files (16 x 1 MiB, 1 x 96 MiB: multipart) written to a local
    SeaweedFS (S3, atomic publish: temporary key, server-side copy, delete; and as plain PUTs) and to
    a local folder (temporary file, rename), in MB/s.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -129,6 +131,8 @@ def bench_real(base: str, root: Path, ids: list[str]) -> dict:
     import ray
 
     from cluster.collect import collect
+    from cluster.ledger import DONE, Ledger
+    from weightgen.data import open_storage
 
     res = {}
     for w in (1, 2):
@@ -138,11 +142,14 @@ def bench_real(base: str, root: Path, ids: list[str]) -> dict:
             out=str(root / f"real-w{w}"), base=base, concept_ids=ids, num_workers=w, progress=False
         )
         ray.shutdown()
+        ledger = Ledger(open_storage(str(root / f"real-w{w}")))
+        task_s = [ledger.read(i, st)["seconds"] for i, st in ledger.scan().items() if st == DONE]
         res[str(w)] = {
             "concepts": s.planned,
             "accepted": s.accepted,
             "seconds": s.seconds,
             "concepts_per_minute": s.concepts_per_minute,
+            "median_task_train_seconds": statistics.median(task_s),
         }
     res["scaling_2_over_1"] = res["2"]["concepts_per_minute"] / res["1"]["concepts_per_minute"]
     return res
@@ -295,7 +302,7 @@ def _print(res: dict) -> None:
                     f"{x['concepts']} concepts",
                     f"{x['concepts_per_minute']:.1f} concepts/min",
                     f"{x['seconds']:.1f} s",
-                    "",
+                    f"median train time per task {x['median_task_train_seconds']:.1f} s",
                 )
             )
         ratio = f"{res['real']['scaling_2_over_1']:.2f}x"

@@ -113,7 +113,7 @@ class Weed:
         self.stop()
         raise RuntimeError(f"weed did not answer on {self.endpoint} within {timeout} s")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return

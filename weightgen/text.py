@@ -100,7 +100,11 @@ class TextEncoder:
 
             self._model = SentenceTransformer(str(self._path), device=self.device)
             self._kind = "st"
-            self._dim = int(self._model.get_sentence_embedding_dimension())
+            m = self._model
+            dim_fn = (
+                getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
+            )
+            self._dim = int(dim_fn())
 
     @property
     def dim(self) -> int:

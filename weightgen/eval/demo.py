@@ -71,7 +71,10 @@ def run_demo(
         _stage(3, 4, f"generator: reusing {gen_dir}")
     else:
         _stage(3, 4, "generator: training the block diffusion transformer (DeepSpeed, one process)")
-        cfg = train_config("tiny", max_steps=train_steps)
+        # one intra-op thread on CPU: on 2 shared cores more threads fight (measured ~10x slower)
+        cfg = train_config(
+            "tiny", max_steps=train_steps, threads=None if torch.cuda.is_available() else 1
+        )
         resume = (gen_dir / "checkpoints").is_dir()
         t0 = time.perf_counter()
         summary = train_generator(str(dataset), gen_dir, cfg, resume=resume)
@@ -106,7 +109,8 @@ def evaluate_heldout(
     from weightgen.gan.train import from_model, to_model
     from weightgen.text import get_encoder
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # every method's timing is measured under the same thread count
     out = out or run / "report"
     base_state, base_preset = load_base(run / "base")
     preset = base_preset

@@ -1,0 +1,174 @@
+"""The pipeline through the `weightgen` command on a miniature run: base -> collect (Ray) ->
+train (DeepSpeed) -> sample -> finetune, and one clear error line for each bad input."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from weightgen.cli import main
+from weightgen.config import CollectConfig, ConceptTrainConfig, GANConfig, LoRAConfig, Preset
+from weightgen.gan import E2GANGenerator, build_concept_model, load_lora, save_base
+
+IDS = ["tone-010", "tint-016", "blur-003", "sepia-005"]
+
+
+def _preset(rank=8) -> Preset:
+    return Preset(
+        name="test",
+        gan=GANConfig(image_size=32, channels=8),
+        lora=LoRAConfig(rank=rank, alpha=float(rank)),
+        concept=ConceptTrainConfig(
+            steps=10, batch_size=4, lr=5e-3, eval_every=5, n_train_pairs=8, n_eval_pairs=4
+        ),
+        collect=CollectConfig(shard_maxcount=2, max_in_flight=2, min_psnr=5.0, max_psnr_drop=5.0),
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    import ray
+
+    root = tmp_path_factory.mktemp("pipeline")
+    torch.manual_seed(0)
+    save_base(root / "base", E2GANGenerator(_preset().gan).state_dict(), _preset(), {"steps": 0})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        argv = ["collect", "--base", str(root / "base"), "--out", str(root / "dataset")]
+        assert main(argv + sum((["--concept", i] for i in IDS), [])) == 0
+    finally:
+        ray.shutdown()
+    rc = main(
+        ["train", "--data", str(root / "dataset"), "--out", str(root / "generator"), "--max-steps", "8",
+         "--batch-size", "4", "--threads", "1", "--no-progress", "--ckpt-every", "4"]
+    )  # fmt: skip
+    assert rc == 0
+    return root
+
+
+def _one_line_error(capsys, rc, *needles):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    for n in needles:
+        assert n in err[0]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sample_loads_into_the_base(run, tmp_path, capsys):
+    out = tmp_path / "lora.safetensors"
+    rc = main(
+        [
+            "sample",
+            "--generator",
+            str(run / "generator"),
+            "--text",
+            "warm it up a little",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0 and "sampled 1 LoRA" in capsys.readouterr().out
+    lora = load_file(str(out))
+    state = load_file(str(run / "base" / "generator.safetensors"))
+    g = build_concept_model("lora", _preset().gan, _preset().lora, state)
+    load_lora(g, lora)  # raises on any name or shape mismatch
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    t, m = torch.zeros(1, 16, 384), torch.ones(1, 16, dtype=torch.bool)
+    assert torch.isfinite(g(x, t, m)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sample_batch_writes_index(run, tmp_path, capsys):
+    out = tmp_path / "batch"
+    texts = tmp_path / "texts.txt"
+    texts.write_text("make it sepia\n\nturn it into a teal duotone\n")
+    rc = main(
+        [
+            "sample",
+            "--generator",
+            str(run / "generator"),
+            "--texts",
+            str(texts),
+            "--text",
+            "blur it",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    index = json.loads((out / "index.json").read_text())
+    assert [e["text"] for e in index] == ["blur it", "make it sepia", "turn it into a teal duotone"]
+    a, b = (load_file(str(out / e["file"])) for e in index[:2])
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # text matters
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_finetune_from_generated_and_zero(run, tmp_path, capsys):
+    for init in ("generated", "zero", "mean"):
+        out = tmp_path / init
+        rc = main(
+            [
+                "finetune",
+                "--concept",
+                IDS[0],
+                "--init",
+                init,
+                "--run",
+                str(run),
+                "--steps",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        assert rc == 0, capsys.readouterr().err
+        curve = json.loads((out / "curve.json").read_text())
+        assert curve["steps"] == 5 and [p["step"] for p in curve["curve"]] == [0, 5]
+        assert (out / "lora.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_bad_inputs_one_line(run, tmp_path, capsys):
+    gen = str(run / "generator")
+    rc = main(
+        [
+            "sample",
+            "--generator",
+            str(tmp_path / "none"),
+            "--text",
+            "x",
+            "--out",
+            str(tmp_path / "a.safetensors"),
+        ]
+    )
+    _one_line_error(capsys, rc, "no generator")
+    rc = main(
+        ["sample", "--generator", gen, "--text", "  ", "--out", str(tmp_path / "a.safetensors")]
+    )
+    _one_line_error(capsys, rc, "non-empty")
+    rc = main(["sample", "--generator", gen, "--out", str(tmp_path / "a.safetensors")])
+    _one_line_error(capsys, rc, "no text given")
+    other = tmp_path / "rank4base"
+    save_base(other, E2GANGenerator(_preset(4).gan).state_dict(), _preset(4), {})
+    rc = main(
+        [
+            "sample",
+            "--generator",
+            gen,
+            "--text",
+            "x",
+            "--base",
+            str(other),
+            "--out",
+            str(tmp_path / "a.safetensors"),
+        ]
+    )
+    _one_line_error(capsys, rc, "layout mismatch between generator and base")
+    assert not (tmp_path / "a.safetensors").exists()
+    rc = main(["finetune", "--concept", "nope", "--run", str(run), "--out", str(tmp_path / "f")])
+    _one_line_error(capsys, rc, "unknown concept 'nope'")
