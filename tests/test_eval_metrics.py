@@ -24,7 +24,16 @@ def test_never_reaching_is_none_not_a_number():
 
 
 def test_speedups_median_and_spread():
-    s = speedups([10.0, 20.0, None, 8.0], [1.0, 4.0, 2.0, 2.0])
-    assert s["median"] == pytest.approx(5.0) and s["min"] == 4.0 and s["max"] == 10.0
-    assert (s["n"], s["of"]) == (3, 4)
-    assert speedups([None], [1.0])["median"] is None
+    s = speedups([10.0, 20.0, 8.0], [1.0, 4.0, 2.0])
+    assert s["median"] == pytest.approx(5.0) and s["min"] == 4.0 and s["max_finite"] == 10.0
+    assert (s["n"], s["of"]) == (3, 3)
+
+
+def test_speedups_count_a_method_that_never_gets_there():
+    # the fast method missing the target on 2 of 3 concepts drags the median to 0, not up
+    s = speedups([10.0, 20.0, 8.0], [1.0, None, None])
+    assert s["median"] == 0.0 and s["fast_never"] == 2
+    # the slow method never reaching: only a lower bound, so no number
+    s = speedups([None, None, 8.0], [1.0, 2.0, 2.0])
+    assert s["median"] is None and s["slow_never"] == 2 and s["max_finite"] == 4.0
+    assert speedups([None], [None])["median"] is None

@@ -45,3 +45,27 @@ def test_empty_text_rejected(encoder, bad):
 def test_unknown_model_path(tmp_path):
     with pytest.raises(TextEncoderError, match="neither"):
         TextEncoder(str(tmp_path / "nope"))
+
+
+def test_swappable_clip_text_model(tmp_path):
+    """A local CLIP text model folder works in place of the default (tiny, random, built here)."""
+    import string
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + " ":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )  # fmt: skip
+    CLIPTextModel(cfg).save_pretrained(tmp_path)
+    enc = TextEncoder(str(tmp_path), max_tokens=8, cache_dir=tmp_path / "cache")
+    b = enc.encode(["make it red", "blur"])
+    assert enc.dim == 16 and b.pooled.shape == (2, 16) and b.tokens.shape == (2, 8, 16)
+    assert b.mask[1].sum() < b.mask[0].sum()  # "blur" is shorter
+    assert not torch.allclose(b.pooled[0], b.pooled[1])

@@ -212,6 +212,7 @@ def evaluate_heldout(
         "generated_step0_win_rate": wins,
         "nearest": {cid: {"concept": v[1], "similarity": v[2]} for cid, v in nearest_of.items()},
         "generator": bundle.meta,
+        "runs": runs,  # every curve, so the report can be redrawn without retraining
         "headline": {
             "held-out concepts": len(held),
             "generated PSNR at step 0 (median)": f"{m['generated']['psnr_step0']:.2f} dB vs base {m['base']['psnr_step0']:.2f}, mean {m['mean']['psnr_step0']:.2f}, nearest {m['nearest']['psnr_step0']:.2f}",

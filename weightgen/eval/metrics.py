@@ -37,14 +37,28 @@ def median(values: Iterable[float]) -> float | None:
 
 
 def speedups(slow: Sequence[float | None], fast: Sequence[float | None]) -> dict:
-    """Per-concept ratios slow/fast where both reached the target; median and spread over them."""
-    ratios = [s / f for s, f in zip(slow, fast) if s is not None and f is not None and f > 0]
-    if not ratios:
-        return {"median": None, "min": None, "max": None, "n": 0, "of": len(slow)}
+    """Per-concept ratios slow/fast over every concept where at least one method reached the
+    target: fast never reaching counts as ratio 0 (it is slower than any finite time), slow never
+    reaching as +inf. The median is None when it falls on +inf (only a lower bound is known) or
+    when no concept has a ratio."""
+    ratios = []
+    for s, f in zip(slow, fast):
+        if s is None and f is None:
+            continue
+        if f is None:
+            ratios.append(0.0)
+        elif s is None:
+            ratios.append(math.inf)
+        else:
+            ratios.append(s / max(f, 1e-9))
+    finite = [r for r in ratios if math.isfinite(r)]
+    med = statistics.median(ratios) if ratios else None
     return {
-        "median": statistics.median(ratios),
-        "min": min(ratios),
-        "max": max(ratios),
+        "median": med if med is not None and math.isfinite(med) else None,
+        "min": min(ratios) if ratios else None,
+        "max_finite": max(finite) if finite else None,
         "n": len(ratios),
         "of": len(slow),
+        "fast_never": sum(1 for r in ratios if r == 0.0),
+        "slow_never": sum(1 for r in ratios if math.isinf(r)),
     }
