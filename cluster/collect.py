@@ -173,32 +173,15 @@ def run_pairs_job(
     device: str = "cpu",
 ) -> dict:
     """``run_job`` for a pair source: the same training and evaluation, pairs from ``source``."""
-    from weightgen.collection import EVAL_SEED_OFFSET
-    from weightgen.gan import train_concept
-
-    cfg, size = preset.concept, preset.gan.image_size
-    result = train_concept(
-        method="lora",
-        gan_cfg=preset.gan,
-        lora_cfg=preset.lora,
-        cfg=cfg,
+    return run_job(
+        job,
+        preset=preset,
         base_state=base_state,
         tokens=tokens,
         mask=mask,
-        train_pairs=source.pairs(cfg.n_train_pairs, size=size, seed=job.seed, split="collect"),
-        eval_pairs=source.pairs(
-            cfg.n_eval_pairs, size=size, seed=job.seed + EVAL_SEED_OFFSET, split="collect"
-        ),
-        seed=job.seed,
         device=device,
+        pairs=source.pairs,
     )
-    return {
-        "key": job.key,
-        "concept_id": job.concept_id,
-        "seed": job.seed,
-        "lora": {k: v.numpy() for k, v in result.lora.items()},
-        "metrics": result.metrics(),
-    }
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,34 +32,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 PEAK_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0}  # datasheet, GB/s
 
 
-def paper_layout(block_size: int = 256, rank: int = 8) -> BlockLayout:
-    """A paper-preset-like LoRA layout (~90 K values): rank-8 LoRA on the convs and attention of
-    an E2GAN-like generator (stem 48 ch, bottleneck 192, text 384). peft names and shapes:
-    conv lora_A (r, in, k, k), lora_B (out, r, 1, 1); linear lora_A (r, in), lora_B (out, r)."""
-    convs = {  # name: (in, out, k)
-        "stem": (3, 48, 7),
-        "down1": (48, 96, 3),
-        "down2": (96, 192, 3),
-        "up1": (192, 96, 3),
-        "up2": (96, 48, 3),
-        "head": (48, 3, 7),
-    }
-    linears = {  # name: (in, out)
-        **{f"attn.self_{x}": (192, 192) for x in "qkvo"},
-        "attn.cross_q": (192, 192),
-        "attn.cross_k": (384, 192),
-        "attn.cross_v": (384, 192),
-        "attn.cross_o": (192, 192),
-        "attn.ff1": (192, 768),
-    }
-    entries = []
-    for name, (cin, cout, k) in convs.items():
-        entries.append((f"{name}.lora_A.weight", (rank, cin, k, k)))
-        entries.append((f"{name}.lora_B.weight", (cout, rank, 1, 1)))
-    for name, (cin, cout) in linears.items():
-        entries.append((f"{name}.lora_A.weight", (rank, cin)))
-        entries.append((f"{name}.lora_B.weight", (cout, rank)))
-    return BlockLayout(sorted(entries), block_size=block_size)
+def paper_layout(block_size: int = 256) -> BlockLayout:
+    """The LoRA layout of the `paper` preset: rank-8 LoRA (peft) on the stem/downsampling, the
+    transformer block and the upsampling/head of the 256x256 E2GAN-like base (82,608 values).
+    Built from the real modules, so it is exactly what collection writes."""
+    from weightgen.config import get_preset
+    from weightgen.gan import E2GANGenerator, build_concept_model, lora_state_dict
+
+    preset = get_preset("paper")
+    base_state = E2GANGenerator(preset.gan).state_dict()
+    sd = lora_state_dict(build_concept_model("lora", preset.gan, preset.lora, base_state))
+    return BlockLayout.from_state_dict(sd, block_size=block_size)
 
 
 def peak_gbps(name: str) -> float | None:
@@ -160,7 +143,8 @@ def run(args) -> list[dict]:
                         r["speedup_vs_eager"] = round(times["eager"] / r["ms"], 2)
                 _write(rows, args.out)  # after every case: a killed run keeps what it measured
     if args.sweep:
-        rows += sweep(layout, mean, std, off, ln, name, peak, max(args.concepts))
+        for dt in args.dtypes:
+            rows += sweep(layout, mean, std, off, ln, name, peak, max(args.concepts), DTYPES[dt])
         _write(rows, args.out)
     return rows
 
@@ -193,19 +177,20 @@ def _cases(flat, blocks, layout, off, ln, idx, mask, pos, mean, std, cnorm, crea
     }
 
 
-def sweep(layout, mean, std, off, ln, name, peak, b) -> list[dict]:
-    """Rows per program x warps for both kernels, fp32, b concepts."""
+def sweep(layout, mean, std, off, ln, name, peak, b, dtype=torch.float32) -> list[dict]:
+    """Rows per program x warps for both kernels, `dtype` data, b concepts."""
     from kernels.block_kernels import block_normalize, block_reassemble
 
     n, s, p = layout.num_blocks, layout.block_size, layout.num_params
-    flat = torch.randn(b, p, device="cuda")
+    flat = torch.randn(b, p, device="cuda").to(dtype)
     blocks = block_normalize(flat, off, ln, mean, std)
     out = []
+    e = flat.element_size()
     nbytes = {
-        "normalize": b * p * 4 + b * n * s * 4 + 2 * n * s * 4,
-        "reassemble": 2 * b * p * 4 + 2 * n * s * 4,
+        "normalize": b * p * e + b * n * s * e + 2 * n * s * 4,
+        "reassemble": 2 * b * p * e + 2 * n * s * 4,
     }
-    for rows_pp in (1, 2, 4, 8, 16, 32):
+    for rows_pp in (4, 8, 16, 32, 64):
         for warps in (2, 4, 8):
             kw = dict(block_rows=rows_pp, num_warps=warps)
             for kernel in ("normalize", "reassemble"):
@@ -219,7 +204,7 @@ def sweep(layout, mean, std, off, ln, name, peak, b) -> list[dict]:
                         "device": name,
                         "kernel": kernel,
                         "impl": f"triton-r{rows_pp}-w{warps}",
-                        "dtype": "float32",
+                        "dtype": str(dtype).removeprefix("torch."),
                         "concepts": b,
                         "P": p,
                         "N": n,
@@ -231,7 +216,8 @@ def sweep(layout, mean, std, off, ln, name, peak, b) -> list[dict]:
                     }
                 )
                 print(
-                    f"sweep {kernel:10s} rows={rows_pp:2d} warps={warps} {ms:.4f} ms {gbps:.0f} GB/s"
+                    f"sweep {kernel:10s} {dtype} rows={rows_pp:2d} warps={warps} {ms:.4f} ms "
+                    f"{gbps:.0f} GB/s"
                 )
     return out
 

@@ -37,3 +37,60 @@ def test_speedups_count_a_method_that_never_gets_there():
     s = speedups([None, None, 8.0], [1.0, 2.0, 2.0])
     assert s["median"] is None and s["slow_never"] == 2 and s["max_finite"] == 4.0
     assert speedups([None], [None])["median"] is None
+
+
+def _curve(psnrs, dt=1.0, every=10):
+    return [
+        {"step": i * every, "time_s": i * dt, "psnr": p, "ssim": p / 40}
+        for i, p in enumerate(psnrs)
+    ]
+
+
+def test_summarise_and_report_contract(tmp_path):
+    import json
+
+    from weightgen.eval.report import summarise, write_report
+
+    runs = {
+        "a": {
+            "scratch": {"curve": _curve([8, 15, 20, 24])},  # target 24 dB, reached at 3 s
+            "lora-zero": {"curve": _curve([13, 18, 21, 22])},  # never reaches 24
+            "generated": {"curve": _curve([16, 24, 25, 25], dt=0.5), "offset_s": 0.1},
+        },
+        "b": {
+            "scratch": {"curve": _curve([8, 12, 14, 18])},
+            "lora-zero": {"curve": _curve([13, 15, 18, 19])},
+            "generated": {"curve": _curve([19, 20, 21, 22], dt=0.5), "offset_s": 0.1},  # at step 0
+        },
+    }
+    step0 = {
+        c: {m: {"psnr": r["curve"][0]["psnr"], "ssim": 0.5} for m, r in v.items()}
+        for c, v in runs.items()
+    }
+    for c in step0:
+        step0[c]["base"] = {"psnr": 13.0, "ssim": 0.5}
+    s = summarise(step0, runs)
+    a = s["per_concept"]["a"]["methods"]
+    assert a["generated"]["time_to_target_s"] == 0.6 and a["generated"]["steps_to_target"] == 10
+    assert a["lora-zero"]["time_to_target_s"] is None and a["lora-zero"]["steps_to_target"] is None
+    assert s["per_concept"]["b"]["methods"]["generated"]["time_to_target_s"] == 0.1
+    assert s["methods"]["lora-zero"]["time_to_target_s"] is None  # never on concept a: no number
+    assert s["methods"]["generated"]["psnr_step0"] == 17.5
+    # scratch/generated: a 3/0.6 = 5, b 3/0.1 = 30 -> median 17.5; lora-zero never reached on a
+    assert s["speedup"]["vs_scratch"] == pytest.approx(17.5)
+    assert s["speedup"]["vs_lora_zero_spread"]["slow_never"] == 1
+    write_report(tmp_path, s, runs=runs)
+    rep = json.loads((tmp_path / "report.json").read_text())
+    for m in ("scratch", "lora-zero", "generated", "base"):
+        assert {
+            "psnr_step0",
+            "ssim_step0",
+            "psnr_final",
+            "ssim_final",
+            "time_to_target_s",
+            "steps_to_target",
+        } <= set(rep["methods"][m])
+    assert {"vs_scratch", "vs_lora_zero"} <= set(rep["speedup"])
+    for png in ("curves.png", "step0.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    assert "| generated |" in (tmp_path / "report.md").read_text()

@@ -8,8 +8,10 @@ fan-out that calls these lives in `cluster/collect.py`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,15 +62,20 @@ def run_job(
     tokens: torch.Tensor,
     mask: torch.Tensor,
     device: str = "cpu",
+    pairs: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
     """Train one job. Returns {"key", "concept_id", "seed", "lora": {name: np.float32 array},
-    "metrics": {...}}. Pure: the same inputs give the same LoRA on CPU."""
-    concept = get_concept(job.concept_id)
+    "metrics": {...}}. Pure: the same inputs give the same LoRA on CPU.
+
+    `pairs(n, size=, seed=, split=)` makes (inputs, targets); default: the catalogue concept's
+    `make_pairs`. Any other pair source (a folder, a diffusers editor) plugs in here."""
+    if pairs is None:
+        pairs = functools.partial(make_pairs, get_concept(job.concept_id))
     cfg = preset.concept
     size = preset.gan.image_size
-    train_pairs = make_pairs(concept, cfg.n_train_pairs, size=size, seed=job.seed, split="collect")
-    eval_pairs = make_pairs(
-        concept, cfg.n_eval_pairs, size=size, seed=job.seed + EVAL_SEED_OFFSET, split="collect"
+    train_pairs = pairs(cfg.n_train_pairs, size=size, seed=job.seed, split="collect")
+    eval_pairs = pairs(
+        cfg.n_eval_pairs, size=size, seed=job.seed + EVAL_SEED_OFFSET, split="collect"
     )
     result = train_concept(
         method="lora",

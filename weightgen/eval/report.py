@@ -149,10 +149,11 @@ def write_report(
             "generated time includes sampling the LoRA), median over concepts, a concept where "
             "`generated` never reaches the target counting as 0×:",
             "",
-            f"- vs scratch: **{_fmt(sp.get('vs_scratch'))}×** (generated never reached it on "
-            f"{sc['fast_never']} of {sc['of']} concepts)",
-            f"- vs lora-zero: **{_fmt(sp.get('vs_lora_zero'))}×** (generated never reached it on "
-            f"{lz['fast_never']}, lora-zero on {lz['slow_never']} of {lz['of']} concepts)",
+            f"- vs scratch: **{_fmt(sp.get('vs_scratch'))}×** over the {sc['n']} of {sc['of']} "
+            f"concepts where either reached the target (generated never did on {sc['fast_never']})",
+            f"- vs lora-zero: **{_fmt(sp.get('vs_lora_zero'))}×** over the {lz['n']} of {lz['of']} "
+            f"concepts where either reached it (generated never did on {lz['fast_never']}, "
+            f"lora-zero on {lz['slow_never']})",
         ]
     lines += [
         "",
