@@ -122,3 +122,11 @@ def test_console_script_entry_point():
         timeout=300,
     )
     assert r.returncode == 2 and r.stderr.strip().startswith("weightgen: error: unknown concept")
+
+
+def test_evaluate_needs_a_complete_run(capsys, tmp_path):
+    (tmp_path / "generator").mkdir()
+    rc, _, err = _run(
+        capsys, "evaluate", "--generator", str(tmp_path / "generator"), "--out", str(tmp_path / "r")
+    )
+    _assert_one_line_error(rc, err, "no base/ beside the generator")

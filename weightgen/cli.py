@@ -121,6 +121,26 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from weightgen.config import get_preset
+    from weightgen.errors import WeightgenError
+    from weightgen.eval.demo import evaluate_heldout
+
+    if args.split != "heldout":
+        raise WeightgenError("only --split heldout is evaluated (training concepts were collected)")
+    gen = Path(args.generator).resolve()
+    run = Path(args.run).resolve() if args.run else gen.parent
+    for part in ("base", "dataset"):
+        if not (run / part).is_dir():
+            raise WeightgenError(f"no {part}/ beside the generator in {run}; pass --run RUN")
+    if gen != (run / "generator").resolve():
+        raise WeightgenError(f"the generator must be RUN/generator ({run / 'generator'})")
+    out = Path(args.out)
+    _check_dir_writable(out)
+    evaluate_heldout(run, get_preset("tiny"), finetune_concepts=args.finetune, out=out)
+    return 0
+
+
 def cmd_train(args) -> int:
     from jobs.train import main as train_main
 
@@ -324,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     pt.set_defaults(func=cmd_train)
+
+    pe = sub.add_parser("evaluate", help="held-out benchmark: every method, report + plots")
+    pe.add_argument("--generator", required=True, help="RUN/generator")
+    pe.add_argument(
+        "--run", default=None, help="run folder with base/ and dataset/ (default: parent)"
+    )
+    pe.add_argument("--split", default="heldout", choices=["heldout"])
+    pe.add_argument("--finetune", type=int, default=6, help="held-out concepts to fine-tune")
+    pe.add_argument("--out", required=True, help="report folder")
+    pe.set_defaults(func=cmd_evaluate)
 
     pa = sub.add_parser("sample", help="text -> LoRA .safetensors in one denoising step")
     pa.add_argument("--generator", required=True, help="generator folder (RUN/generator)")

@@ -192,11 +192,12 @@ def evaluate_heldout(
 
     summary = summarise(step0, runs)
     out.mkdir(parents=True, exist_ok=True)
-    save_image_grid(
-        out / "grid.png",
-        grid_rows,
-        ["input", "target", "base only", "generated, step 0", "generated, fine-tuned"],
-    )
+    if grid_rows:
+        save_image_grid(
+            out / "grid.png",
+            grid_rows,
+            ["input", "target", "base only", "generated, step 0", "generated, fine-tuned"],
+        )
     m = summary["methods"]
     wins = {
         k: sum(step0[c]["generated"]["psnr"] > step0[c][k]["psnr"] for c in step0) / len(step0)
