@@ -189,3 +189,35 @@ def export_ema(model_cls, config: dict, ema: EMA, folder: str | os.PathLike) -> 
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
+
+
+def export_fp32(out: str | os.PathLike, folder: str | os.PathLike, step: int | None = None) -> Path:
+    """A complete checkpoint's consolidated fp32 weights -> BlockDiT.save_pretrained(folder).
+
+    DeepSpeed's zero_to_fp32 merges the per-rank optimizer partitions of any ZeRO stage and world
+    size in one process (no GPU, no process group). `step` defaults to the newest complete
+    checkpoint; the model config comes from the run's export (`OUT/model/config.json`).
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from weightgen.diffusion.model import BlockDiT
+
+    out, folder = Path(out), Path(folder)
+    found = dict(complete_checkpoints(out))
+    if not found or (step is not None and step not in found):
+        want = "any complete checkpoint" if step is None else f"complete checkpoint {step}"
+        raise FileNotFoundError(f"{out}: no {want} under {CKPT_DIR}/")
+    step = max(found) if step is None else step
+    config = out / "model" / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{out}: model/config.json missing (export the run first)")
+    sd = get_fp32_state_dict_from_zero_checkpoint(str(out / CKPT_DIR), tag=step_tag(step))
+    model = BlockDiT.from_config(BlockDiT.load_config(str(config.parent)))
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder

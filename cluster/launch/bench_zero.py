@@ -1,0 +1,117 @@
+"""Generator training throughput (samples/s): DeepSpeed ZeRO 1, 2, 3 on 1 and 2 processes against a
+plain PyTorch loop (AdamW, same model, same loss, same global batch) on one machine.
+
+  DS_ACCELERATOR=cpu python cluster/launch/bench_zero.py --data runs/demo/dataset --steps 30
+
+Each DeepSpeed figure is `samples_per_s` from jobs/train.py's summary (the whole step loop,
+including the final checkpoint); the plain loop times its steps after one warm-up step. CPU runs use
+all cores in one process and one thread per rank with 2 processes. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def plain_loop(data_uri: str, steps: int, batch: int, size: str) -> float:
+    import torch
+
+    from weightgen.diffusion.model import block_dit
+    from weightgen.diffusion.schedule import diffusion_loss, make_train_scheduler
+    from weightgen.train import load_train_data
+
+    torch.manual_seed(0)
+    data = load_train_data(data_uri)
+    model = block_dit(
+        size,
+        num_blocks=data.layout.num_blocks,
+        block_size=data.layout.block_size,
+        text_dim=data.pooled.shape[1],
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    sched, valid = make_train_scheduler(), data.layout.valid_mask("cpu")
+    g = torch.Generator().manual_seed(0)
+    t0 = 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            t0 = time.perf_counter()
+        idx = torch.randint(0, data.num_samples, (batch,), generator=g)
+        loss = diffusion_loss(
+            model, data.x0[idx], valid, data.pooled[idx], data.tokens[idx], data.mask[idx],
+            scheduler=sched, generator=g,
+        )  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def deepspeed_run(
+    data_uri: str, stage: int, nproc: int, steps: int, batch: int, size: str
+) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        launcher = [sys.executable]
+        if nproc > 1:
+            launcher += [
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(nproc),
+            ]
+        cmd = [
+            *launcher, str(REPO / "jobs" / "train.py"), "--data", data_uri, "--out", out,
+            "--zero", str(stage), "--max-steps", str(steps), "--batch-size", str(batch),
+            "--size", size, "--ckpt-every", str(10**9), "--log-every", str(steps),
+            "--threads", str(max(1, (os.cpu_count() or 1) // nproc)), "--no-progress",
+        ]  # fmt: skip
+        env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+        env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            output, _ = proc.communicate(timeout=900)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        lines = [ln for ln in output.splitlines() if ln.startswith("summary: ")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"ZeRO-{stage} x{nproc} failed:\n{output[-3000:]}")
+        return float(json.loads(lines[0][len("summary: ") :])["samples_per_s"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(REPO / "runs" / "demo" / "dataset"))
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32, help="global batch")
+    p.add_argument("--size", default="tiny")
+    p.add_argument("--nproc", default="1,2", help="process counts to try")
+    args = p.parse_args()
+    res: dict = {"units": "samples/s", "steps": args.steps, "batch_size": args.batch_size}
+    res["plain_pytorch_1proc"] = round(
+        plain_loop(args.data, args.steps, args.batch_size, args.size), 2
+    )
+    for nproc in map(int, args.nproc.split(",")):
+        for stage in (1, 2, 3):
+            sps = deepspeed_run(args.data, stage, nproc, args.steps, args.batch_size, args.size)
+            res[f"zero{stage}_{nproc}proc"] = round(sps, 2)
+    print(json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
