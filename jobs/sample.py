@@ -72,14 +72,19 @@ def batch_seed(seed: int, first_index: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+_OWN_GROUP = False  # True while this module holds a process group it created (and must destroy)
+
+
 def _dist_init(device) -> tuple[int, int]:
     """(rank, world) from the torchrun variables; a process group only when world > 1."""
+    global _OWN_GROUP
     import torch.distributed as dist
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        _OWN_GROUP = True
     return rank, world
 
 
@@ -202,6 +207,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _OWN_GROUP
     args = build_parser().parse_args(argv)
     from weightgen.data import StorageError
     from weightgen.errors import WeightgenError
@@ -214,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+        # only a group created here: a caller's group (e.g. a training run in this process, whose
+        # DeepSpeed engine keeps a reference to it) must outlive sampling
+        if _OWN_GROUP and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        _OWN_GROUP = False
     if int(os.environ.get("RANK", "0")) == 0:
         print("summary: " + json.dumps(summary), flush=True)
     return 0
