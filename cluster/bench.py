@@ -20,6 +20,7 @@ The machine is shared: the 1-minute load average at start and end is recorded.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -93,25 +94,20 @@ def bench_pipeline(base: str, out: str, ids: list[str], seeds: int) -> dict:
     from cluster.collect import collect
     from cluster.synthetic import synthetic_job
 
+    run = functools.partial(
+        collect,
+        out=out,
+        base=base,
+        concept_ids=ids,
+        seeds_per_concept=seeds,
+        runner=synthetic_job,
+        progress=False,
+    )
     with RSS() as rss:
-        s = collect(
-            out=out,
-            base=base,
-            concept_ids=ids,
-            seeds_per_concept=seeds,
-            runner=synthetic_job,
-            progress=False,
-        )
+        s = run()
     t0 = time.perf_counter()
     with RSS() as rss2:
-        again = collect(
-            out=out,
-            base=base,
-            concept_ids=ids,
-            seeds_per_concept=seeds,
-            runner=synthetic_job,
-            progress=False,
-        )
+        again = run()  # the same plan: every job is already done
     return {
         "jobs": s.planned,
         "accepted": s.accepted,

@@ -122,7 +122,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from weightgen.config import get_preset
     from weightgen.errors import WeightgenError
     from weightgen.eval.demo import evaluate_heldout
 
@@ -137,7 +136,7 @@ def cmd_evaluate(args) -> int:
         raise WeightgenError(f"the generator must be RUN/generator ({run / 'generator'})")
     out = Path(args.out)
     _check_dir_writable(out)
-    evaluate_heldout(run, get_preset("tiny"), finetune_concepts=args.finetune, out=out)
+    evaluate_heldout(run, finetune_concepts=args.finetune, out=out)
     return 0
 
 

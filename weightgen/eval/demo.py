@@ -85,16 +85,14 @@ def run_demo(
 
     _stage(4, 4, "evaluate: sample every held-out concept, fine-tune some, write the report")
     t0 = time.perf_counter()
-    result = evaluate_heldout(run, preset, finetune_concepts=finetune_concepts)
+    result = evaluate_heldout(run, finetune_concepts=finetune_concepts)
     timings["evaluate_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     (run / "report" / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     return result
 
 
-def evaluate_heldout(
-    run: Path, preset: Preset, *, finetune_concepts: int = 6, out: Path | None = None
-) -> dict:
+def evaluate_heldout(run: Path, *, finetune_concepts: int = 6, out: Path | None = None) -> dict:
     from weightgen.concepts import concepts as list_concepts
     from weightgen.diffusion import load_generator
     from weightgen.eval.newconcept import (
@@ -112,8 +110,7 @@ def evaluate_heldout(
     if not torch.cuda.is_available():
         torch.set_num_threads(1)  # every method's timing is measured under the same thread count
     out = out or run / "report"
-    base_state, base_preset = load_base(run / "base")
-    preset = base_preset
+    base_state, preset = load_base(run / "base")  # the preset the base and its LoRAs were made with
     bundle = load_generator(run / "generator")
     enc = get_encoder(preset.text_model, preset.gan.max_text_tokens)
     held = list_concepts("heldout")
