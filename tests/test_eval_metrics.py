@@ -1,6 +1,13 @@
 import pytest
 
-from weightgen.eval.metrics import median_or_none, speedups, time_to_target
+from weightgen.eval.metrics import (
+    eval_schedule,
+    median_or_none,
+    plateau_quality,
+    plateaued,
+    speedups,
+    time_to_target,
+)
 
 CURVE = [
     {"step": 0, "time_s": 0.0, "psnr": 10.0, "ssim": 0.2},
@@ -53,14 +60,14 @@ def test_summarise_and_report_contract(tmp_path):
 
     runs = {
         "a": {
-            "scratch": {"curve": _curve([8, 15, 20, 24])},  # target 24 dB, reached at 3 s
-            "lora-zero": {"curve": _curve([13, 18, 21, 22])},  # never reaches 24
-            "generated": {"curve": _curve([16, 24, 25, 25], dt=0.5), "offset_s": 0.1},
+            "scratch": {"curve": _curve([8, 15, 20, 24, 24, 24])},  # target 24 dB, reached at 3 s
+            "lora-zero": {"curve": _curve([13, 18, 21, 22, 22, 22])},  # never reaches 24
+            "generated": {"curve": _curve([16, 24, 25, 25, 25, 25], dt=0.5), "offset_s": 0.1},
         },
         "b": {
-            "scratch": {"curve": _curve([8, 12, 14, 18])},
-            "lora-zero": {"curve": _curve([13, 15, 18, 19])},
-            "generated": {"curve": _curve([19, 20, 21, 22], dt=0.5), "offset_s": 0.1},  # at step 0
+            "scratch": {"curve": _curve([8, 12, 14, 18, 18, 18])},
+            "lora-zero": {"curve": _curve([13, 15, 18, 19, 19, 19])},
+            "generated": {"curve": _curve([19, 20, 21, 22, 22, 22], dt=0.5), "offset_s": 0.1},  # at step 0
         },
     }
     step0 = {
@@ -94,3 +101,27 @@ def test_summarise_and_report_contract(tmp_path):
     for png in ("curves.png", "step0.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert "| generated |" in (tmp_path / "report.md").read_text()
+
+
+def test_final_quality_is_the_median_of_the_last_three():
+    c = _curve([8, 20, 24, 30, 23])  # one lucky measurement neither sets nor spoils it
+    assert plateau_quality(c) == 24
+    assert plateau_quality(_curve([9])) == 9
+    with pytest.raises(ValueError):
+        plateau_quality([])
+
+
+def test_plateau_rule():
+    rising = _curve([10, 15, 18, 20, 21, 22], every=100)
+    assert not plateaued(rising, patience_steps=200, min_gain=0.2)
+    flat = _curve([10, 15, 20, 20.1, 19.9, 20.05], every=100)
+    assert plateaued(flat, patience_steps=200, min_gain=0.2)
+    # a window longer than the history never declares a plateau
+    assert not plateaued(flat[:2], patience_steps=200)
+
+
+def test_eval_schedule_is_dense_early_and_ends_at_the_budget():
+    s = eval_schedule(300)
+    assert s[:5] == [1, 2, 5, 10, 15] and s[-1] == 300 and 75 in s and 60 not in s
+    assert s == sorted(set(s))
+    assert eval_schedule(7) == [1, 2, 5, 7]

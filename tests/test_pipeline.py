@@ -172,3 +172,61 @@ def test_bad_inputs_one_line(run, tmp_path, capsys):
     assert not (tmp_path / "a.safetensors").exists()
     rc = main(["finetune", "--concept", "nope", "--run", str(run), "--out", str(tmp_path / "f")])
     _one_line_error(capsys, rc, "unknown concept 'nope'")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
+    """The whole benchmark on a miniature run, fine-tunes as Ray tasks: report contract, the
+    learning rates come from the sweep grid, sweep on training concepts only, ablation rows."""
+    from weightgen.concepts import concepts
+
+    out = tmp_path / "bench"
+    argv = ["evaluate", "--generator", str(run / "generator"), "--out", str(out),
+            "--per-family", "1", "--concepts", "2", "--step0-concepts", "12",
+            "--lora-steps", "4", "--scratch-max-steps", "6", "--sweep-concepts", "1",
+            "--sweep-steps", "3", "--sweep-lrs", "1e-3", "5e-3", "--lr", "scratch=0.002",
+            "--workers", "2", "--ablate", "ddim10", "--ablate", "block128"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["methods"]) == {"base", "scratch", "lora-zero", "generated", "nearest", "mean"}
+    assert len(rep["step0"]) == 12 and len(rep["runs"]) == 2
+    held = {c.id for c in concepts("heldout")}
+    assert set(rep["runs"]) <= held and set(rep["step0"]) <= held
+    # the sweep ran on a training concept, never a held-out one, and chose from its grid
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["concepts"] and not set(sweep["concepts"]) & held
+    assert rep["learning_rates"]["scratch"] == 0.002  # fixed on the command line: not swept
+    assert "scratch" not in sweep["table"]
+    for m in ("lora-zero", "generated", "nearest", "mean"):
+        assert rep["learning_rates"][m] in (1e-3, 5e-3)
+    for methods in rep["runs"].values():
+        assert methods["scratch"]["curve"][-1]["step"] <= 6
+        assert [p["step"] for p in methods["generated"]["curve"]] == [0, 1, 2, 4]
+        assert methods["generated"]["offset_s"] > 0  # sampling time is counted
+    assert set(rep["ablations"]) == {"reference", "ddim10", "block128"}
+    assert (out / "ablations" / "block128" / "generator" / "generator.json").is_file()
+    for png in ("curves.png", "step0.png", "grid.png", "speedup.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    md = (out / "report.md").read_text()
+    for needle in ("Paper and ours side by side", "One-off cost", "| block128 |", "sweep"):
+        assert needle in md
+
+
+def test_derived_dataset_recut_is_exact(run, tmp_path):
+    from weightgen.blocks import BlockLayout
+    from weightgen.data import load_all
+    from weightgen.eval.ablations import derive_dataset
+
+    src = str(run / "dataset")
+    info = derive_dataset(src, tmp_path / "d", block_size=128, concepts=2)
+    assert info == {"samples": 2, "concepts": 2, "block_size": 128}
+    old = BlockLayout.from_dict(json.loads((run / "dataset" / "layout.json").read_text()))
+    new = BlockLayout.from_dict(json.loads((tmp_path / "d" / "layout.json").read_text()))
+    ka, ba, _, _ = load_all(src, expected_layout_hash=old.hash)
+    kb, bb, _, _ = load_all(str(tmp_path / "d"), expected_layout_hash=new.hash)
+    assert new.block_size == 128 and bb.shape[1] == new.num_blocks
+    for k, b in zip(kb, bb):
+        a = ba[list(ka).index(k)]
+        la, lb = old.from_blocks(torch.from_numpy(a)), new.from_blocks(torch.from_numpy(b))
+        assert all(torch.equal(la[n], lb[n]) for n in la)

@@ -121,9 +121,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _parse_lrs(items: list[str] | None) -> dict[str, float]:
+    from weightgen.errors import WeightgenError
+
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise WeightgenError(f"--lr takes METHOD=RATE (e.g. scratch=0.003), got {item!r}")
+    return out
+
+
 def cmd_evaluate(args) -> int:
     from weightgen.errors import WeightgenError
-    from weightgen.eval.demo import evaluate_heldout
+    from weightgen.eval.ablations import check_ablations
+    from weightgen.eval.benchmark import BenchConfig, run_benchmark
 
     if args.split != "heldout":
         raise WeightgenError("only --split heldout is evaluated (training concepts were collected)")
@@ -132,11 +148,25 @@ def cmd_evaluate(args) -> int:
     for part in ("base", "dataset"):
         if not (run / part).is_dir():
             raise WeightgenError(f"no {part}/ beside the generator in {run}; pass --run RUN")
-    if gen != (run / "generator").resolve():
-        raise WeightgenError(f"the generator must be RUN/generator ({run / 'generator'})")
+    if not (gen / "generator.json").is_file():
+        raise WeightgenError(f"no trained generator at {gen} (expected {gen / 'generator.json'})")
     out = Path(args.out)
     _check_dir_writable(out)
-    evaluate_heldout(run, finetune_concepts=args.finetune, out=out)
+    cfg = BenchConfig(
+        per_family=args.per_family,
+        lora_steps=args.lora_steps,
+        scratch_max_steps=args.scratch_max_steps,
+        sweep_concepts=args.sweep_concepts,
+        sweep_steps=args.sweep_steps,
+        sweep_lrs=tuple(args.sweep_lrs),
+        lrs=_parse_lrs(args.lr),
+        sample_steps=args.sample_steps,
+        workers=args.workers,
+        finetune=not args.step0_only,
+        concepts=args.concepts,
+        step0_concepts=args.step0_concepts,
+    )
+    run_benchmark(run, out, cfg, generator=gen, ablations=check_ablations(args.ablate or []))
     return 0
 
 
@@ -344,14 +374,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pt.set_defaults(func=cmd_train)
 
-    pe = sub.add_parser("evaluate", help="held-out benchmark: every method, report + plots")
-    pe.add_argument("--generator", required=True, help="RUN/generator")
+    pe = sub.add_parser(
+        "evaluate", help="held-out benchmark: every method, learning-rate sweep, ablations, report"
+    )
+    pe.add_argument("--generator", required=True, help="generator folder (normally RUN/generator)")
     pe.add_argument(
-        "--run", default=None, help="run folder with base/ and dataset/ (default: parent)"
+        "--run", default=None, help="run folder with base/ and dataset/ (default: its parent)"
     )
     pe.add_argument("--split", default="heldout", choices=["heldout"])
-    pe.add_argument("--finetune", type=int, default=6, help="held-out concepts to fine-tune")
     pe.add_argument("--out", required=True, help="report folder")
+    pe.add_argument("--per-family", type=int, default=2, help="held-out concepts per family")
+    pe.add_argument("--lora-steps", type=int, default=300, help="steps of the base + LoRA methods")
+    pe.add_argument(
+        "--scratch-max-steps", type=int, default=2000, help="cap of scratch's run to its plateau"
+    )
+    pe.add_argument("--sweep-concepts", type=int, default=4, help="training concepts in the sweep")
+    pe.add_argument("--sweep-steps", type=int, default=300)
+    pe.add_argument("--sweep-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    pe.add_argument(
+        "--lr", action="append", metavar="METHOD=RATE", help="fix a method's rate (no sweep)"
+    )
+    pe.add_argument("--sample-steps", type=int, default=1, help="DDIM steps for `generated`")
+    pe.add_argument("--workers", type=int, default=1, help="> 1: one Ray task per concept")
+    pe.add_argument(
+        "--ablate",
+        action="append",
+        metavar="NAME",
+        help="ablation row (repeatable): block128 block512 per-block ddim10 empty-text no-index "
+        "concepts50 concepts100 concepts200 ...",
+    )
+    pe.add_argument(
+        "--step0-only", action="store_true", help="no fine-tunes: step-0 table and ablations"
+    )
+    pe.add_argument("--concepts", type=int, default=None, help="cap on fine-tuned concepts")
+    pe.add_argument("--step0-concepts", type=int, default=None, help="cap on step-0 concepts")
     pe.set_defaults(func=cmd_evaluate)
 
     pa = sub.add_parser("sample", help="text -> LoRA .safetensors in one denoising step")

@@ -62,3 +62,38 @@ def speedups(slow: Sequence[float | None], fast: Sequence[float | None]) -> dict
         "fast_never": sum(1 for r in ratios if r == 0.0),
         "slow_never": sum(1 for r in ratios if math.isinf(r)),
     }
+
+
+def eval_schedule(max_steps: int, *, dense_until: int = 50, every: int = 25) -> list[int]:
+    """Steps at which quality is measured: dense early (where a good initialisation shows: 1, 2, 5,
+    10, 15, 20, 30, 40, 50), then every `every` steps up to `max_steps` (always included)."""
+    early = [s for s in (1, 2, 5, 10, 15, 20, 30, 40, 50) if s <= min(dense_until, max_steps)]
+    start = (dense_until // every + 1) * every
+    return sorted({*early, *range(start, max_steps + 1, every), max_steps})
+
+
+def plateau_quality(curve: Sequence[dict], *, metric: str = "psnr", last: int = 3) -> float:
+    """A run's final quality: the median of its last `last` measurements, so one noisy GAN
+    evaluation neither sets nor spoils the target."""
+    if not curve:
+        raise ValueError("empty curve")
+    return statistics.median(p[metric] for p in curve[-last:])
+
+
+def plateaued(
+    curve: Sequence[dict],
+    *,
+    patience_steps: int = 300,
+    min_gain: float = 0.2,
+    metric: str = "psnr",
+) -> bool:
+    """True when the best quality of the last `patience_steps` steps is less than `min_gain` above
+    the best before them: the run has stopped improving. Needs a history longer than the window."""
+    if not curve:
+        return False
+    now = curve[-1]["step"]
+    before = [p[metric] for p in curve if p["step"] <= now - patience_steps]
+    recent = [p[metric] for p in curve if p["step"] > now - patience_steps]
+    if not before or not recent:
+        return False
+    return max(recent) < max(before) + min_gain

@@ -58,9 +58,16 @@ class WeightBaselines:
         mean_lora = layout.from_blocks(stats.mean)
         return cls(layout, mean_lora, texts, blocks, [m["concept_id"] for m in metas])
 
-    def nearest(self, pooled: torch.Tensor) -> tuple[dict[str, torch.Tensor], str, float]:
-        """(LoRA, concept id, cosine similarity) of the training sample with the closest text."""
+    def nearest(
+        self, pooled: torch.Tensor, exclude: str | None = None
+    ) -> tuple[dict[str, torch.Tensor], str, float]:
+        """(LoRA, concept id, cosine similarity) of the training sample with the closest text;
+        `exclude` leaves one concept out (a training concept is its own nearest neighbour)."""
         sims = self.texts @ pooled.numpy().astype(np.float32)
+        if exclude is not None:
+            sims = np.where(np.asarray(self.concept_ids) == exclude, -np.inf, sims)
+            if not np.isfinite(sims).any():
+                raise ValueError(f"no training sample left once {exclude!r} is excluded")
         i = int(np.argmax(sims))
         return (
             self.layout.from_blocks(torch.from_numpy(self.blocks[i])),

@@ -2,8 +2,9 @@
 
 Input: `step0[concept][method] = {"psnr", "ssim"}` for every evaluated concept, and
 `runs[concept][method] = {"curve": [...], "offset_s": seconds added to the time (sampling)}` for
-the fine-tuned ones. The target quality of a concept is scratch's final PSNR (the paper measures
-time against pix2pix from scratch); without scratch runs, lora-zero's final PSNR.
+the fine-tuned ones. A run's final quality is the median of its last three measurements; the
+target quality of a concept is scratch's final PSNR (the paper measures time against pix2pix from
+scratch); without scratch runs, lora-zero's final PSNR.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from weightgen.eval.metrics import median, median_or_none, speedups, time_to_target  # noqa: E402
+from weightgen.eval.metrics import (  # noqa: E402
+    median,
+    median_or_none,
+    plateau_quality,
+    speedups,
+    time_to_target,
+)
 
 METHOD_ORDER = ("base", "scratch", "lora-zero", "generated", "nearest", "mean")
 PAPER = {  # PAPER.md: FID and time to train a new concept
@@ -32,7 +39,7 @@ def summarise(step0: dict, runs: dict) -> dict:
     per_concept = {}
     for cid, methods in runs.items():
         ref = "scratch" if "scratch" in methods else "lora-zero"
-        target = methods[ref]["curve"][-1]["psnr"]
+        target = plateau_quality(methods[ref]["curve"])
         row = {"target_psnr": target, "target_method": ref, "methods": {}}
         for name, r in methods.items():
             t, s = time_to_target(r["curve"], target, offset_s=r.get("offset_s", 0.0))
@@ -40,8 +47,8 @@ def summarise(step0: dict, runs: dict) -> dict:
             row["methods"][name] = {
                 "psnr_step0": c[0]["psnr"],
                 "ssim_step0": c[0]["ssim"],
-                "psnr_final": c[-1]["psnr"],
-                "ssim_final": c[-1]["ssim"],
+                "psnr_final": plateau_quality(c),
+                "ssim_final": plateau_quality(c, metric="ssim"),
                 "time_to_target_s": t,
                 "steps_to_target": s,
                 "offset_s": r.get("offset_s", 0.0),
@@ -123,6 +130,7 @@ def write_report(
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     _plot_curves(out / "curves.png", runs)
     _plot_step0(out / "step0.png", summary["step0"])
+    _plot_speedups(out / "speedup.png", summary)
 
     m = summary["methods"]
     lines = [f"# {title}", ""]
@@ -157,14 +165,40 @@ def write_report(
         ]
     lines += [
         "",
-        "## Paper (Gong et al., ECCV 2024; FID, lower is better)",
+        "## Paper and ours side by side",
         "",
-        "| method | FID | time (s) |",
-        "|---|---|---|",
+        "Paper: Gong et al., ECCV 2024, FID against the editor's outputs (lower is better), time to "
+        "train a new concept. Ours: PSNR / SSIM (higher is better) against the exact edited "
+        "targets, final quality and the median time and steps to reach scratch's final quality.",
+        "",
+        "| method | paper FID | paper time (s) | paper speed-up | our PSNR | our SSIM | our time (s) "
+        "| our steps | our speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    ours_speed = {
+        "scratch": sp.get("vs_scratch") if sp else None,
+        "lora-zero": sp.get("vs_lora_zero") if sp else None,
+    }
     for name, p in PAPER.items():
-        lines.append(f"| {name} | {p['fid']} | {p['time_s']} |")
+        e = m.get(name, {})
+        paper_speed = PAPER["scratch"]["time_s"] / p["time_s"] if name != "scratch" else 1.0
+        mine = "1.00×" if name == "scratch" else "—"
+        if name == "generated" and sp:
+            mine = f"{_fmt(ours_speed['scratch'])}× vs scratch, {_fmt(ours_speed['lora-zero'])}× vs lora-zero"
+        elif (
+            name == "lora-zero"
+            and e.get("time_to_target_s")
+            and m.get("scratch", {}).get("time_to_target_s")
+        ):
+            mine = f"{m['scratch']['time_to_target_s'] / e['time_to_target_s']:.2f}×"
+        lines.append(
+            f"| {name} | {p['fid']} | {p['time_s']} | {paper_speed:.1f}× | {_fmt(e.get('psnr_final'))} "
+            f"| {_fmt(e.get('ssim_final'), 3)} | {_fmt(e.get('time_to_target_s'))} "
+            f"| {_fmt(e.get('steps_to_target'))} | {mine} |"
+        )
     lines += ["", "![quality over time](curves.png)", "", "![quality at step 0](step0.png)", ""]
+    if (out / "speedup.png").exists():
+        lines += ["![speed-up per concept](speedup.png)", ""]
     if (out / "grid.png").exists():
         lines += ["![images](grid.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
@@ -194,6 +228,45 @@ def _plot_curves(path: Path, runs: dict) -> None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_speedups(path: Path, summary: dict) -> None:
+    """Per-concept speed-up of `generated` (log axis); a concept it never reached is drawn at the
+    bottom in red, one where the baseline never reached at the top in green."""
+    rows = summary.get("per_concept") or {}
+    if not any("generated" in r["methods"] for r in rows.values()):
+        return
+    cids = list(rows)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(cids) + 2), 3.6))
+    for k, (ref, marker) in enumerate((("scratch", "o"), ("lora-zero", "s"))):
+        xs, ys, colours = [], [], []
+        for i, cid in enumerate(cids):
+            ms = rows[cid]["methods"]
+            if ref not in ms:
+                continue
+            a, b = ms[ref]["time_to_target_s"], ms["generated"]["time_to_target_s"]
+            if a is None and b is None:
+                continue
+            if b is None:
+                v, col = 0.1, "red"
+            elif a is None:
+                v, col = 1e4, "green"
+            else:
+                v, col = a / max(b, 1e-9), f"C{k}"
+            xs.append(i + (k - 0.5) * 0.2)
+            ys.append(v)
+            colours.append(col)
+        ax.scatter(xs, ys, marker=marker, c=colours, label=f"vs {ref}", s=22)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(cids)), cids, rotation=70, fontsize=6)
+    ax.set_ylabel("speed-up to target (×, log)")
+    ax.set_title("generated vs baselines per concept (red: generated never reached the target)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

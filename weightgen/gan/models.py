@@ -79,16 +79,20 @@ class TextTransformerBlock(nn.Module):
 
 
 class E2GANGenerator(nn.Module):
-    """(B,3,H,W) image + (B,L,Dt) text tokens -> (B,3,H,W) edited image, all in [-1, 1]."""
+    """(B,3,H,W) image in [-1, 1] + (B,L,Dt) text tokens -> (B,3,H,W) edited image (unbounded,
+    about [-1, 1]; clamped where it leaves the model)."""
 
     def __init__(self, cfg: GANConfig):
         super().__init__()
         self.cfg = cfg
         c = cfg.channels
+        # No normalisation at full and half resolution: a group norm there removes each image's
+        # mean colour, which colour edits must see; and a linear residual on the input (not tanh
+        # on atanh(x)). Measured on training concepts, LoRA from zero, 50 steps at lr 3e-3:
+        # tone-000 37.4 dB (29.7 with tanh/atanh, and the full-resolution norm alone removed);
+        # colormap-000 19.6 after 50 steps and 23.0 after 300 (18.4 / 19.6).
         self.stem = nn.Conv2d(3, c, 7, padding=3)
-        self.stem_norm = _norm(c)
         self.down1 = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
-        self.down1_norm = _norm(2 * c)
         self.down2 = nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1)
         self.down2_norm = _norm(4 * c)
         self.res = nn.Sequential(*[ResBlock(4 * c) for _ in range(cfg.n_res_blocks)])
@@ -98,13 +102,12 @@ class E2GANGenerator(nn.Module):
         self.up1 = nn.Conv2d(4 * c, 2 * c, 3, padding=1)
         self.up1_norm = _norm(2 * c)
         self.up2 = nn.Conv2d(2 * c, c, 3, padding=1)
-        self.up2_norm = _norm(c)
         self.head = nn.Conv2d(c, 3, 7, padding=3)
 
     def forward(self, x, text, text_mask):
         inp = x
-        s0 = F.silu(self.stem_norm(self.stem(x)))  # (B, c, H, W)
-        s1 = F.silu(self.down1_norm(self.down1(s0)))  # (B, 2c, H/2, W/2)
+        s0 = F.silu(self.stem(x))  # (B, c, H, W)
+        s1 = F.silu(self.down1(s0))  # (B, 2c, H/2, W/2)
         h = F.silu(self.down2_norm(self.down2(s1)))  # (B, 4c, H/4, W/4)
         h = self.res(h)
         B, C, H, W = h.shape
@@ -114,9 +117,10 @@ class E2GANGenerator(nn.Module):
         h = F.interpolate(h, scale_factor=2, mode="nearest")
         h = F.silu(self.up1_norm(self.up1(h))) + s1  # (B, 2c, H/2, W/2); additive skip
         h = F.interpolate(h, scale_factor=2, mode="nearest")
-        h = F.silu(self.up2_norm(self.up2(h))) + s0  # (B, c, H, W); keeps per-pixel detail
-        # residual on the input: an identity edit is the easy starting point
-        return torch.tanh(self.head(h) + torch.atanh(inp.clamp(-0.999, 0.999)))
+        h = F.silu(self.up2(h)) + s0  # (B, c, H, W); keeps per-pixel detail
+        # residual on the input: an identity edit is the easy starting point. Unbounded; images
+        # are clamped to [-1, 1] when they leave the model (train.from_model).
+        return inp + self.head(h)
 
 
 class _UNetLevel(nn.Module):

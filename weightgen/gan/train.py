@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -165,10 +165,19 @@ def train_concept(
     lr: float | None = None,
     device: str | torch.device = "cpu",
     on_eval: Callable[[CurvePoint], None] | None = None,
+    eval_at: Sequence[int] | None = None,
+    stop: Callable[[list[CurvePoint]], bool] | None = None,
+    preview: torch.Tensor | None = None,
 ) -> ConceptResult:
     """Fine-tune one concept. tokens (L, Dt) and mask (L,) are the concept text's token embeddings;
-    pairs are ((n,3,H,W), (n,3,H,W)) in [0,1]. Deterministic for a given seed on CPU."""
+    pairs are ((n,3,H,W), (n,3,H,W)) in [0,1]. Deterministic for a given seed on CPU.
+
+    Quality is measured at step 0 and then every `cfg.eval_every` steps, or at the steps in
+    `eval_at` when given; the last step is always measured. `stop(curve)` is asked after each
+    measurement and ends training early when it returns True (e.g. a plateau rule). `preview`
+    images (k,3,H,W) in [0,1] are edited at the start and the end: extra["preview"]."""
     steps = cfg.steps if steps is None else steps
+    at = None if eval_at is None else {s for s in eval_at if 0 < s <= steps}
     lr = cfg.lr if lr is None else lr
     torch.manual_seed(seed)
     device = torch.device(device)
@@ -191,7 +200,19 @@ def train_concept(
         if on_eval is not None:
             on_eval(point)
 
+    def render():
+        with torch.no_grad():
+            was = g.training
+            g.eval()
+            k = preview.shape[0]
+            y = from_model(
+                g(to_model(preview.to(device)), tok.expand(k, -1, -1), msk.expand(k, -1))
+            )
+            g.train(was)
+            return y.cpu()
+
     curve: list[CurvePoint] = []
+    start = render() if preview is not None and len(preview) else None
     record(0, 0.0)
     elapsed = 0.0
     g.train()
@@ -213,15 +234,20 @@ def train_concept(
             cfg.gan_weight,
         )
         elapsed += time.perf_counter() - t0
-        if step % cfg.eval_every == 0 or step == steps:
+        due = (step % cfg.eval_every == 0) if at is None else (step in at)
+        if due or step == steps:
             record(step, elapsed)
+            if stop is not None and step < steps and stop(curve):
+                break
     lora = lora_state_dict(g) if method == "lora" else None
+    extra = {} if start is None else {"preview": {"start": start, "end": render()}}
     return ConceptResult(
         lora=lora,
         curve=curve,
-        steps=steps,
+        steps=curve[-1].step,
         train_seconds=elapsed,
         trainable_params=sum(p.numel() for p in params),
+        extra=extra,
     )
 
 

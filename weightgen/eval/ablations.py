@@ -1,0 +1,145 @@
+"""Ablations of the generator (issue 4), each a `weightgen evaluate --ablate NAME` row.
+
+Sampling-time ablations reuse the trained generator:
+  ddim10       10 DDIM steps instead of 1
+  empty-text   the generator is given the empty text for every concept
+Training-time ablations train a variant generator (same steps and seed as the reference) under
+OUT/ablations/NAME/, on a data set derived from the run's one when needed:
+  block128, block512      the same LoRAs cut into blocks of 128 / 512 values
+  per-block               every block denoised alone (no attention across blocks)
+  no-index                no block-index embedding
+  concepts50/100/200      the generator trained on the first K training concepts only
+Every row is measured the same way: quality at step 0 (PSNR / SSIM, medians over every held-out
+concept) and how often it beats the nearest and the mean training LoRA.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from weightgen.errors import ConfigError
+
+SAMPLING = {"ddim10": {"sample_steps": 10}, "empty-text": {"empty_text": True}}
+TRAINING = {
+    "block128": {"block_size": 128},
+    "block512": {"block_size": 512},
+    "per-block": {"train": {"per_block": True}},
+    "no-index": {"train": {"use_block_index": False}},
+}
+_CONCEPTS = re.compile(r"concepts(\d+)$")
+
+
+def check_ablations(names: list[str]) -> list[str]:
+    for n in names:
+        if n not in SAMPLING and n not in TRAINING and not _CONCEPTS.fullmatch(n):
+            known = ", ".join([*SAMPLING, *TRAINING, "conceptsK (e.g. concepts50)"])
+            raise ConfigError(f"unknown ablation {n!r}; choose from: {known}")
+    return list(dict.fromkeys(names))
+
+
+def derive_dataset(
+    src: str, dst: str | Path, *, block_size: int | None = None, concepts: int | None = None
+) -> dict:
+    """A copy of data set `src` at `dst`, with the LoRAs re-cut into `block_size` blocks and/or only
+    the first `concepts` concepts (in data-set order). Stats are recomputed; manifest written last.
+    Re-cutting is exact: from_blocks(old) == from_blocks(new) value for value."""
+    from weightgen.blocks import BlockLayout
+    from weightgen.blocks.stats import BlockStatsAccumulator
+    from weightgen.data import ShardWriter, WeightSample, iter_samples, open_storage, read_manifest
+
+    dst = Path(dst)
+    m = read_manifest(src)
+    st = open_storage(src)
+    old = BlockLayout.from_dict(json.loads(st.read_bytes("layout.json")))
+    new = BlockLayout(list(zip(old.names, old.shapes)), block_size or old.block_size)
+    keep: list = []
+    seen: list[str] = []
+    for s in iter_samples(src, expected_layout_hash=old.hash):
+        cid = s.meta.get("concept_id", s.key)
+        if cid not in seen:
+            if concepts is not None and len(seen) >= concepts:
+                continue
+            seen.append(cid)
+        keep.append(s)
+    if not keep:
+        raise ConfigError(f"derived data set from {src} would be empty")
+    dst.mkdir(parents=True, exist_ok=True)
+    acc = BlockStatsAccumulator(new)
+    extra = dict(m.extra)
+    extra.update(layout=new.to_dict(), derived_from=str(src), concepts=len(seen))
+    extra.pop("members", None)
+    with ShardWriter(
+        str(dst),
+        layout_hash=new.hash,
+        block_size=new.block_size,
+        num_blocks=new.num_blocks,
+        extra=extra,
+    ) as w:
+        for s in keep:
+            lora = old.from_blocks(torch.from_numpy(np.asarray(s.blocks, dtype=np.float32)))
+            blocks = new.to_blocks(lora).numpy()
+            acc.update(blocks)
+            meta = dict(s.meta, layout_hash=new.hash)
+            w.write(WeightSample(s.key, blocks, s.text, s.tokens, meta))
+        (dst / "layout.json").write_text(json.dumps(new.to_dict()))
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "stats.safetensors"
+            acc.finalize().save(p)
+            (dst / "stats.safetensors").write_bytes(p.read_bytes())
+    return {"samples": len(keep), "concepts": len(seen), "block_size": new.block_size}
+
+
+def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) -> Path:
+    """The generator folder of a training-time ablation, trained when not already complete."""
+    from weightgen.train import TrainConfig, train_generator
+
+    spec = dict(TRAINING.get(name, {}))
+    k = _CONCEPTS.fullmatch(name)
+    folder = out / "ablations" / name
+    gen = folder / "generator"
+    if (gen / "generator.json").is_file():
+        return gen
+    data = str(run / "dataset")
+    if "block_size" in spec or k:
+        data = str(folder / "dataset")
+        if not (Path(data) / "manifest.json").is_file():
+            derive_dataset(
+                str(run / "dataset"),
+                data,
+                block_size=spec.get("block_size"),
+                concepts=int(k.group(1)) if k else None,
+            )
+    cfg = dict(reference_meta.get("train_config") or {})
+    cfg.update(spec.get("train", {}))
+    if not torch.cuda.is_available():
+        cfg["threads"] = 1
+    train_generator(data, gen, TrainConfig.from_dict(cfg), resume=(gen / "checkpoints").is_dir())
+    return gen
+
+
+def step0_row(ctx, held, *, sample_steps: int = 1) -> dict:
+    """Step-0 medians of `generated` for the context's generator, with win rates."""
+    from weightgen.eval.benchmark import step0_table
+    from weightgen.eval.metrics import median
+
+    gen, per_s = ctx.generate([c.text for c in held], sample_steps)
+    table, _ = step0_table(ctx, held, gen)
+    g = [table[c]["generated"] for c in table]
+    return {
+        "psnr_step0": median(x["psnr"] for x in g),
+        "ssim_step0": median(x["ssim"] for x in g),
+        "beats_nearest": float(
+            np.mean([table[c]["generated"]["psnr"] > table[c]["nearest"]["psnr"] for c in table])
+        ),
+        "beats_mean": float(
+            np.mean([table[c]["generated"]["psnr"] > table[c]["mean"]["psnr"] for c in table])
+        ),
+        "seconds_per_concept": per_s,
+        "concepts": len(table),
+    }

@@ -1,0 +1,595 @@
+"""The held-out benchmark (`weightgen evaluate`): every initialisation of a new concept, trained on
+the same images, seeds and evaluation schedule, with learning rates chosen on training concepts.
+
+Protocol (issue 4; DESIGN.md report contract):
+  1. step 0: base, generated (one DDIM step), nearest and mean training LoRA on every held-out concept;
+  2. learning-rate sweep on training concepts only (never held-out ones): each method's rate is the
+     one with the best median final PSNR over the sweep concepts; for `nearest` the concept's own
+     LoRA is excluded from the pool (it would be its own nearest neighbour);
+  3. fine-tunes on `per_family` held-out concepts of every family: scratch (pix2pix U-Net) until its
+     PSNR plateaus, every base + LoRA method for `lora_steps` steps; one task per concept, in-process
+     or as Ray tasks (`jobs/evaluate.py`);
+  4. report: final quality = median of the last three measurements; target = scratch's final
+     quality; time to target = training wall time (plus sampling for `generated`) at the first
+     measurement at or above it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from weightgen.config import Preset
+from weightgen.errors import ConfigError
+
+TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean")
+
+
+@dataclass
+class BenchConfig:
+    per_family: int = 2  # held-out concepts fine-tuned per family (13 families -> 26 concepts)
+    lora_steps: int = 300  # budget of every base + LoRA method
+    scratch_max_steps: int = 2000  # scratch trains until its plateau, at most this many steps
+    patience_steps: int = 300  # plateau: no gain of min_gain_db within this many steps
+    min_gain_db: float = 0.2
+    eval_every: int = 25  # after the dense early measurements (1, 2, 5, ... 50)
+    sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    sweep_concepts: int = 4  # training concepts, one from each of the first families
+    sweep_steps: int = 300
+    lrs: dict[str, float] = field(default_factory=dict)  # fixed rates: no sweep for these methods
+    sample_steps: int = 1  # DDIM steps for `generated`
+    empty_text: bool = False  # ablation: the generator sees the empty text
+    workers: int = 1  # > 1 (or RAY_ADDRESS set): one Ray task per concept
+    seed: int = 0
+    finetune: bool = True  # False: step-0 table (and ablations) only
+    concepts: int | None = None  # at most this many fine-tuned held-out concepts (None: all chosen)
+    step0_concepts: int | None = None  # at most this many held-out concepts at step 0 (None: all)
+
+    def __post_init__(self):
+        for name in ("per_family", "lora_steps", "scratch_max_steps", "eval_every", "sample_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.sweep_concepts < 0 or self.workers < 1:
+            raise ConfigError("sweep_concepts must be >= 0 and workers >= 1")
+        bad = set(self.lrs) - set(TRAINED)
+        if bad:
+            raise ConfigError(f"unknown method(s) in lrs: {sorted(bad)}; choose from {TRAINED}")
+        if any(v <= 0 for v in [*self.sweep_lrs, *self.lrs.values()]):
+            raise ConfigError("learning rates must be > 0")
+        self.sweep_lrs = tuple(float(v) for v in self.sweep_lrs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def select_concepts(split: str, per_family: int) -> list:
+    """The first `per_family` concepts of each family, families in catalogue order (deterministic)."""
+    from weightgen.concepts import concepts
+
+    chosen, seen = [], {}
+    for c in concepts(split):
+        if seen.get(c.family, 0) < per_family:
+            chosen.append(c)
+            seen[c.family] = seen.get(c.family, 0) + 1
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# One concept, every method (pure: runs in-process or inside a Ray task)
+# --------------------------------------------------------------------------------------------
+
+
+def concept_runs(
+    *,
+    preset: Preset,
+    base_state: dict[str, torch.Tensor],
+    concept_id: str,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    inits: dict[str, dict | None],
+    lrs: dict[str, float],
+    cfg: BenchConfig,
+    offsets: dict[str, float] | None = None,
+    preview: int = 1,
+    threads: int | None = 1,
+) -> dict:
+    """Fine-tune one concept from every initialisation in `inits` ({method: LoRA or None}).
+    Returns {"runs": {method: {"curve", "offset_s", "lr", "steps"}}, "preview": {"input", "target",
+    method: {"start", "end"}}} with preview images (3,H,W) in [0,1]."""
+    from weightgen.concepts import get_concept, make_pairs
+    from weightgen.eval.metrics import eval_schedule, plateaued
+    from weightgen.eval.newconcept import TRAIN_SEED, eval_pairs
+    from weightgen.gan.train import train_concept
+
+    if threads is not None and not torch.cuda.is_available():
+        torch.set_num_threads(threads)  # every method timed under the same thread count
+    concept = get_concept(concept_id)
+    pairs = eval_pairs(concept, preset)
+    train = make_pairs(
+        concept,
+        preset.concept.n_train_pairs,
+        size=preset.gan.image_size,
+        seed=TRAIN_SEED,
+        split="collect",
+    )
+    ccfg = dataclasses.replace(preset.concept, eval_every=cfg.eval_every)
+    px = pairs[0][:preview]
+    out_runs, prev = {}, {"input": pairs[0][:preview], "target": pairs[1][:preview]}
+    for m, init in inits.items():
+        scratch = m == "scratch"
+        steps = cfg.scratch_max_steps if scratch else cfg.lora_steps
+        plateau = None
+        if scratch:
+
+            def plateau(curve):
+                return plateaued(
+                    [vars(p) for p in curve],
+                    patience_steps=cfg.patience_steps,
+                    min_gain=cfg.min_gain_db,
+                )
+
+        r = train_concept(
+            method="scratch" if scratch else "lora",
+            gan_cfg=preset.gan,
+            lora_cfg=preset.lora,
+            cfg=ccfg,
+            base_state=base_state,
+            tokens=tokens,
+            mask=mask,
+            train_pairs=train,
+            eval_pairs=pairs,
+            init_lora=init,
+            seed=TRAIN_SEED + cfg.seed,
+            steps=steps,
+            lr=lrs[m],
+            eval_at=eval_schedule(steps, every=cfg.eval_every),
+            stop=plateau,
+            preview=px,
+        )
+        out_runs[m] = {
+            "curve": [vars(p) for p in r.curve],
+            "offset_s": (offsets or {}).get(m, 0.0),
+            "lr": lrs[m],
+            "steps": r.steps,
+        }
+        prev[m] = r.extra.get("preview")
+    return {"runs": out_runs, "preview": prev}
+
+
+def run_tasks(fn: Callable[..., dict], jobs: list[dict], *, workers: int, desc: str) -> list:
+    """fn(**job) for every job: in this process, or one Ray task per job (workers > 1 or a cluster
+    named by RAY_ADDRESS). Large shared values (the base) are put in the object store once."""
+    if workers <= 1 and not os.environ.get("RAY_ADDRESS"):
+        return [fn(**job) for job in tqdm(jobs, desc=desc, unit="concept")]
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            num_cpus=None if os.environ.get("RAY_ADDRESS") else workers,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    try:
+        shared = {}
+        for k in ("base_state", "preset", "cfg"):
+            if jobs and k in jobs[0] and all(j[k] is jobs[0][k] for j in jobs):
+                shared[k] = ray.put(jobs[0][k])
+        remote = ray.remote(num_cpus=1, max_retries=2)(_ray_call)
+        keys, values = list(shared), list(shared.values())
+        # object refs as top-level arguments: Ray resolves those (not refs nested in a dict)
+        refs = [
+            remote.remote(fn, {k: v for k, v in j.items() if k not in shared}, keys, *values)
+            for j in jobs
+        ]
+        results = [None] * len(refs)
+        index = {r: i for i, r in enumerate(refs)}
+        pending = list(refs)
+        with tqdm(total=len(refs), desc=desc, unit="concept") as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                results[index[done[0]]] = ray.get(done[0])
+                bar.update(1)
+        return results
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_call(fn, job: dict, keys: list[str], *values):
+    return fn(**dict(zip(keys, values)), **job)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole benchmark
+# --------------------------------------------------------------------------------------------
+
+
+class _Context:
+    """Everything loaded once: base, generator, encoder, training-set baselines."""
+
+    def __init__(self, run: Path, generator: Path | None = None, empty_text: bool = False):
+        from weightgen.diffusion import load_generator
+        from weightgen.eval.newconcept import WeightBaselines
+        from weightgen.gan import load_base
+        from weightgen.text import get_encoder
+
+        self.run = run
+        self.base_state, self.preset = load_base(run / "base")
+        self.bundle = load_generator(generator or run / "generator")
+        self.enc = get_encoder(self.preset.text_model, self.preset.gan.max_text_tokens)
+        self.baselines = WeightBaselines.from_dataset(str(run / "dataset"))
+        self.empty_text = empty_text
+
+    def with_generator(self, generator: Path, empty_text: bool | None = None) -> _Context:
+        """The same base, encoder and baselines with another generator (ablations)."""
+        from weightgen.diffusion import load_generator
+
+        other = object.__new__(_Context)
+        other.__dict__.update(self.__dict__)
+        other.bundle = load_generator(generator)
+        if empty_text is not None:
+            other.empty_text = empty_text
+        return other
+
+    def generate(self, texts: list[str], steps: int) -> tuple[list[dict], float]:
+        """LoRAs for `texts` and the seconds per concept (text encoding included, batched)."""
+        from weightgen.eval.newconcept import timed_generate
+
+        prompts = [""] * len(texts) if self.empty_text else texts
+        loras, seconds = timed_generate(self.bundle, prompts, encoder=self.enc, steps=steps)
+        return loras, seconds / len(texts)
+
+
+def step0_table(ctx: _Context, held: Sequence, gen: list[dict]) -> tuple[dict, dict]:
+    """{concept: {method: {"psnr", "ssim"}}} at step 0, and the nearest neighbour of each concept.
+    One base + LoRA model per concept, the LoRA swapped in place."""
+    from weightgen.eval.newconcept import eval_pairs
+    from weightgen.gan import build_concept_model, evaluate, load_lora
+
+    tb = ctx.enc.encode([c.text for c in held])
+    g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state).eval()
+    zero_b = _a_init(g)  # shared-seed A, B = 0: the base's own output
+    step0, nearest_of = {}, {}
+    for i, c in enumerate(tqdm(held, desc="step 0", unit="concept")):
+        x, y = eval_pairs(c, ctx.preset)
+        nl, nid, sim = ctx.baselines.nearest(tb.pooled[i])
+        nearest_of[c.id] = {"lora": nl, "concept": nid, "similarity": sim}
+        row = {}
+        for name, lora in (
+            ("base", zero_b),
+            ("generated", gen[i]),
+            ("nearest", nl),
+            ("mean", ctx.baselines.mean_lora),
+        ):
+            load_lora(g, lora)
+            p, s = evaluate(g, x, y, tb.tokens[i][None], tb.mask[i][None])
+            row[name] = {"psnr": p, "ssim": s}
+        row["lora-zero"] = dict(row["base"])  # B = 0: exactly the base's output
+        step0[c.id] = row
+    return step0, nearest_of
+
+
+def _a_init(g) -> dict[str, torch.Tensor]:
+    from weightgen.gan.lora import lora_state_dict
+
+    return {k: v.clone() for k, v in lora_state_dict(g).items()}
+
+
+def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
+    """Best rate per method on training concepts (cached in out/sweep.json for the same settings)."""
+    from weightgen.eval.metrics import median, plateau_quality
+
+    methods = [m for m in TRAINED if m not in cfg.lrs]
+    key = {
+        "sweep_lrs": list(cfg.sweep_lrs),
+        "sweep_concepts": cfg.sweep_concepts,
+        "sweep_steps": cfg.sweep_steps,
+        "generator": ctx.bundle.meta.get("layout_hash"),
+        "methods": methods,
+        "sample_steps": cfg.sample_steps,
+        "empty_text": cfg.empty_text,
+    }
+    path = out / "sweep.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    if not methods or cfg.sweep_concepts == 0:
+        return {"key": key, "best": {}, "table": {}}
+    # one training concept from each of the first families (never a held-out one)
+    picks = select_concepts("train", 1)[: cfg.sweep_concepts]
+    gen, _ = ctx.generate([c.text for c in picks], cfg.sample_steps)
+    tb = ctx.enc.encode([c.text for c in picks])
+    jobs = []
+    for i, c in enumerate(picks):
+        nl, nid, _ = ctx.baselines.nearest(tb.pooled[i], exclude=c.id)
+        inits = {
+            "scratch": None,
+            "lora-zero": None,
+            "generated": gen[i],
+            "nearest": nl,
+            "mean": ctx.baselines.mean_lora,
+        }
+        for lr in cfg.sweep_lrs:
+            jobs.append(
+                dict(
+                    preset=ctx.preset,
+                    base_state=ctx.base_state,
+                    concept_id=c.id,
+                    tokens=tb.tokens[i],
+                    mask=tb.mask[i],
+                    inits={m: inits[m] for m in methods},
+                    lrs={m: lr for m in methods},
+                    cfg=dataclasses.replace(
+                        cfg, lora_steps=cfg.sweep_steps, scratch_max_steps=cfg.sweep_steps
+                    ),
+                    preview=0,
+                )
+            )
+    results = run_tasks(concept_runs, jobs, workers=cfg.workers, desc="lr sweep")
+    table: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for m in methods:
+        for lr in cfg.sweep_lrs:
+            finals = [
+                plateau_quality(res["runs"][m]["curve"])
+                for res, job in zip(results, jobs)
+                if job["lrs"][m] == lr
+            ]
+            table[m][repr(lr)] = median(finals)
+    best = {m: float(max(table[m], key=lambda k: table[m][k])) for m in methods}
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"key": key, "concepts": [c.id for c in picks], "best": best, "table": table}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def one_off_cost(run: Path, bundle_meta: dict) -> dict:
+    """Seconds spent once: base pre-training + collection (sum of per-concept training times of the
+    accepted concepts, so cluster width does not flatter it) + generator training."""
+    from weightgen.data import iter_samples
+
+    base = json.loads((run / "base" / "metrics.json").read_text()).get("seconds")
+    collect = 0.0
+    n = 0
+    for s in iter_samples(str(run / "dataset")):
+        collect += float(s.meta.get("metrics", {}).get("train_seconds", 0.0))
+        n += 1
+    gen = (bundle_meta.get("summary") or {}).get("seconds")
+    total = sum(v for v in (base, collect, gen) if v is not None)
+    return {
+        "base_s": base,
+        "collection_s": collect,
+        "collection_concepts": n,
+        "generator_s": gen,
+        "total_s": total,
+    }
+
+
+def run_benchmark(
+    run: str | Path,
+    out: str | Path,
+    cfg: BenchConfig | None = None,
+    *,
+    generator: str | Path | None = None,
+    ablations: Sequence[str] = (),
+    title: str = "weightgen held-out benchmark (tiny preset)",
+) -> dict:
+    from weightgen.concepts import concepts as list_concepts
+    from weightgen.eval.report import save_image_grid, summarise, write_report
+
+    cfg = cfg or BenchConfig()
+    run, out = Path(run), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    ctx = _Context(run, Path(generator) if generator else None, cfg.empty_text)
+    preset = ctx.preset
+    held = list_concepts("heldout")[: cfg.step0_concepts]
+
+    # 1. step 0 on every held-out concept
+    gen, per_text_s = ctx.generate([c.text for c in held], cfg.sample_steps)
+    t0 = time.perf_counter()
+    ctx.generate([held[0].text + " "], cfg.sample_steps)  # one uncached concept alone
+    one_s = time.perf_counter() - t0
+    step0, nearest_of = step0_table(ctx, held, gen)
+
+    # 2. learning rates from training concepts
+    if cfg.finetune:
+        sweep = sweep_learning_rates(ctx, cfg, out)
+    else:
+        sweep = {"best": {}, "table": {}}
+    lrs = {m: cfg.lrs.get(m, sweep["best"].get(m, preset.concept.lr)) for m in TRAINED}
+
+    # 3. fine-tunes
+    chosen = select_concepts("heldout", cfg.per_family) if cfg.finetune else []
+    chosen = [c for c in chosen if c in held][: cfg.concepts]
+    tb = ctx.enc.encode([c.text for c in held])
+    jobs = []
+    for c in chosen:
+        i = held.index(c)
+        jobs.append(
+            dict(
+                preset=preset,
+                base_state=ctx.base_state,
+                concept_id=c.id,
+                tokens=tb.tokens[i],
+                mask=tb.mask[i],
+                inits={
+                    "scratch": None,
+                    "lora-zero": None,
+                    "generated": gen[i],
+                    "nearest": nearest_of[c.id]["lora"],
+                    "mean": ctx.baselines.mean_lora,
+                },
+                lrs=lrs,
+                cfg=cfg,
+                offsets={"generated": per_text_s},
+            )
+        )
+    results = run_tasks(concept_runs, jobs, workers=cfg.workers, desc="fine-tune") if jobs else []
+    runs = {c.id: res["runs"] for c, res in zip(chosen, results)}
+
+    # 4. report
+    summary = summarise(step0, runs)
+    columns = ["input", "target"] + [f"{m} {w}" for m in TRAINED for w in ("0", "end")]
+    rows = []
+    for c, res in zip(chosen, results):
+        p = res["preview"]
+        imgs = [p["input"][0], p["target"][0]]
+        for m in TRAINED:
+            imgs += [p[m]["start"][0], p[m]["end"][0]]
+        rows.append((c.id, imgs))
+    if rows:
+        save_image_grid(out / "grid.png", rows, columns)
+
+    # 5. ablation rows (step-0 quality of each generator variant on every held-out concept)
+    ablation_rows = {}
+    if ablations:
+        from weightgen.eval.ablations import SAMPLING, ablation_generator, step0_row
+
+        ablation_rows["reference"] = step0_row(ctx, held, sample_steps=cfg.sample_steps)
+        for name in ablations:
+            if name in SAMPLING:
+                spec = SAMPLING[name]
+                actx = ctx.with_generator(
+                    Path(generator) if generator else run / "generator",
+                    empty_text=spec.get("empty_text", cfg.empty_text),
+                )
+                row = step0_row(actx, held, sample_steps=spec.get("sample_steps", cfg.sample_steps))
+            else:
+                gdir = ablation_generator(run, out, name, ctx.bundle.meta)
+                row = step0_row(ctx.with_generator(gdir), held, sample_steps=cfg.sample_steps)
+            ablation_rows[name] = row
+
+    m = summary["methods"]
+    wins = {
+        k: sum(step0[c]["generated"]["psnr"] > step0[c][k]["psnr"] for c in step0) / len(step0)
+        for k in ("base", "lora-zero", "mean", "nearest")
+    }
+    cost = one_off_cost(run, ctx.bundle.meta)
+    saved = {}
+    for ref in ("scratch", "lora-zero"):
+        a = m.get(ref, {}).get("time_to_target_s")
+        b = m.get("generated", {}).get("time_to_target_s")
+        per = None if a is None or b is None else a - b
+        saved[ref] = {
+            "seconds_saved_per_concept": per,
+            "payback_concepts": None if not per or per <= 0 else cost["total_s"] / per,
+        }
+    extra = {
+        "config": cfg.to_dict(),
+        "learning_rates": lrs,
+        "sweep": sweep,
+        "one_off_cost": cost,
+        "payback": saved,
+        "text_to_lora_s": {"one": one_s, "per_concept_in_batch": per_text_s, "batch": len(held)},
+        "generated_step0_win_rate": wins,
+        "nearest": {
+            k: {kk: v[kk] for kk in ("concept", "similarity")} for k, v in nearest_of.items()
+        },
+        "generator": ctx.bundle.meta,
+        "ablations": ablation_rows,
+        "runs": runs,
+        "headline": {
+            "held-out concepts": f"{len(held)} at step 0, {len(chosen)} fine-tuned "
+            f"({cfg.per_family} per family)",
+            "generated PSNR at step 0 (median)": f"{m['generated']['psnr_step0']:.2f} dB vs base "
+            f"{m['base']['psnr_step0']:.2f}, mean {m['mean']['psnr_step0']:.2f}, nearest "
+            f"{m['nearest']['psnr_step0']:.2f}",
+            "generated beats at step 0 (share of concepts)": ", ".join(
+                f"{k} {100 * v:.0f}%" for k, v in wins.items()
+            ),
+            "learning rates (sweep on training concepts)": ", ".join(
+                f"{k} {v:g}" for k, v in lrs.items()
+            ),
+            "one-off cost": f"{cost['total_s']:.0f} s (base {cost['base_s'] or 0:.0f}, collection "
+            f"{cost['collection_s']:.0f} over {cost['collection_concepts']} concepts, generator "
+            f"{cost['generator_s'] or 0:.0f})",
+            "paid back after (new concepts)": ", ".join(
+                f"vs {k} {_payback(v['payback_concepts'])}" for k, v in saved.items()
+            ),
+            "text -> LoRA": f"{one_s:.3f} s for one concept, {per_text_s:.4f} s per concept in a "
+            f"batch of {len(held)}",
+        },
+    }
+    write_report(out, summary, runs=runs, extra=extra, title=title)
+    _append_sections(out / "report.md", extra)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return {"summary": summary, **extra}
+
+
+def _payback(n: float | None) -> str:
+    return "never (no time saved)" if n is None else f"{n:.0f}"
+
+
+def _append_sections(md: Path, extra: dict) -> None:
+    """Sweep, one-off cost and ablation tables after the main report."""
+    lines = ["", "## Learning rates (sweep on training concepts, never held-out ones)", ""]
+    table = extra["sweep"].get("table") or {}
+    if table:
+        rates = sorted({float(r) for v in table.values() for r in v})
+        lines += [
+            "Median final PSNR (dB) over " + ", ".join(extra["sweep"].get("concepts", [])) + ":",
+            "",
+            "| method | " + " | ".join(f"lr {r:g}" for r in rates) + " | chosen |",
+            "|---" * (len(rates) + 2) + "|",
+        ]
+        for m, v in table.items():
+            cells = [v.get(repr(r)) for r in rates]
+            lines.append(
+                f"| {m} | "
+                + " | ".join("—" if c is None else f"{c:.2f}" for c in cells)
+                + f" | {extra['learning_rates'][m]:g} |"
+            )
+    else:
+        lines.append(
+            "Rates: " + ", ".join(f"{k} {v:g}" for k, v in extra["learning_rates"].items())
+        )
+    cost, pay = extra["one_off_cost"], extra["payback"]
+    lines += [
+        "",
+        "## One-off cost and payback",
+        "",
+        f"- base pre-training {cost['base_s'] or 0:.0f} s, collection {cost['collection_s']:.0f} s "
+        f"(sum of {cost['collection_concepts']} concept trainings), generator "
+        f"{cost['generator_s'] or 0:.0f} s: **{cost['total_s']:.0f} s** in all",
+    ]
+    for ref, v in pay.items():
+        per = v["seconds_saved_per_concept"]
+        lines.append(
+            f"- vs {ref}: "
+            + (
+                "no median time saved per concept, so never paid back"
+                if v["payback_concepts"] is None
+                else f"{per:.2f} s saved per new concept (median times to target), paid back "
+                f"after **{v['payback_concepts']:.0f}** new concepts"
+            )
+        )
+    rows = extra.get("ablations") or {}
+    if rows:
+        lines += [
+            "",
+            "## Ablations (generated LoRA at step 0, medians over every held-out concept)",
+            "",
+            "| ablation | PSNR step 0 | SSIM step 0 | beats nearest | beats mean | s per concept |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in rows.items():
+            lines.append(
+                f"| {name} | {r['psnr_step0']:.2f} | {r['ssim_step0']:.3f} | "
+                f"{100 * r['beats_nearest']:.0f}% | {100 * r['beats_mean']:.0f}% | "
+                f"{r['seconds_per_concept']:.4f} |"
+            )
+    with md.open("a") as f:
+        f.write("\n".join(lines) + "\n")
