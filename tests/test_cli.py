@@ -130,3 +130,19 @@ def test_evaluate_needs_a_complete_run(capsys, tmp_path):
         capsys, "evaluate", "--generator", str(tmp_path / "generator"), "--out", str(tmp_path / "r")
     )
     _assert_one_line_error(rc, err, "no base/ beside the generator")
+
+
+def test_evaluate_fid_needs_a_local_weights_file(tmp_path, capsys):
+    """FID only from a local Inception weights file: a missing file is one line, exit 2."""
+    from weightgen.errors import WeightgenError
+    from weightgen.eval.fid import fid_metric
+
+    with pytest.raises(WeightgenError, match="no such file"):
+        fid_metric(tmp_path / "missing.pth")
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"not checked before torch-fidelity is found")
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        with pytest.raises(WeightgenError, match="torch-fidelity"):
+            fid_metric(weights)

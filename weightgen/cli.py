@@ -165,7 +165,12 @@ def cmd_evaluate(args) -> int:
         finetune=not args.step0_only,
         concepts=args.concepts,
         step0_concepts=args.step0_concepts,
+        fid_weights=args.fid_weights,
     )
+    if cfg.fid_weights:
+        from weightgen.eval.fid import fid_metric
+
+        fid_metric(cfg.fid_weights)  # fail now, in one line, not after the fine-tunes
     run_benchmark(run, out, cfg, generator=gen, ablations=check_ablations(args.ablate or []))
     return 0
 
@@ -408,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pe.add_argument("--concepts", type=int, default=None, help="cap on fine-tuned concepts")
     pe.add_argument("--step0-concepts", type=int, default=None, help="cap on step-0 concepts")
+    pe.add_argument(
+        "--fid-weights", default=None, help="local Inception weights: adds FID (torch-fidelity)"
+    )
     pe.set_defaults(func=cmd_evaluate)
 
     pa = sub.add_parser("sample", help="text -> LoRA .safetensors in one denoising step")

@@ -53,6 +53,7 @@ class BenchConfig:
     finetune: bool = True  # False: step-0 table (and ablations) only
     concepts: int | None = None  # at most this many fine-tuned held-out concepts (None: all chosen)
     step0_concepts: int | None = None  # at most this many held-out concepts at step 0 (None: all)
+    fid_weights: str | None = None  # local Inception weights (torch-fidelity format): adds FID
 
     def __post_init__(self):
         for name in ("per_family", "lora_steps", "scratch_max_steps", "eval_every", "sample_steps"):
@@ -122,7 +123,8 @@ def concept_runs(
         split="collect",
     )
     ccfg = dataclasses.replace(preset.concept, eval_every=cfg.eval_every)
-    px = pairs[0][:preview]
+    # FID needs every evaluation output of every method at the end; otherwise `preview` images
+    px = pairs[0] if cfg.fid_weights else pairs[0][:preview]
     out_runs, prev = {}, {"input": pairs[0][:preview], "target": pairs[1][:preview]}
     for m, init in inits.items():
         scratch = m == "scratch"
@@ -162,7 +164,15 @@ def concept_runs(
             "steps": r.steps,
         }
         prev[m] = r.extra.get("preview")
+    if cfg.fid_weights:
+        prev = {k: _first(v, preview) for k, v in prev.items()} | {"all": prev}
     return {"runs": out_runs, "preview": prev}
+
+
+def _first(v, k: int):
+    if isinstance(v, dict):
+        return {kk: vv[:k] for kk, vv in v.items()}
+    return v[:k]
 
 
 def run_tasks(fn: Callable[..., dict], jobs: list[dict], *, workers: int, desc: str) -> list:
@@ -442,6 +452,12 @@ def run_benchmark(
 
     # 4. report
     summary = summarise(step0, runs)
+    if cfg.fid_weights and results:
+        from weightgen.eval.fid import pooled_fid
+
+        fids = pooled_fid(cfg.fid_weights, [r["preview"]["all"] for r in results], TRAINED)
+        for m_, v in fids.items():
+            summary["methods"][m_]["fid_final"] = v
     columns = ["input", "target"] + [f"{m} {w}" for m in TRAINED for w in ("0", "end")]
     rows = []
     for c, res in zip(chosen, results):
@@ -518,6 +534,15 @@ def run_benchmark(
             f"{cost['generator_s'] or 0:.0f})",
             "paid back after (new concepts)": ", ".join(
                 f"vs {k} {_payback(v['payback_concepts'])}" for k, v in saved.items()
+            ),
+            **(
+                {
+                    "FID at the end (pooled evaluation images, torchmetrics)": ", ".join(
+                        f"{k} {v['fid_final']:.2f}" for k, v in m.items() if "fid_final" in v
+                    )
+                }
+                if cfg.fid_weights and results
+                else {}
             ),
             "text -> LoRA": f"{one_s:.3f} s for one concept, {per_text_s:.4f} s per concept in a "
             f"batch of {len(held)}",
