@@ -45,7 +45,7 @@ from cluster.ledger import DONE, FAILED, FINAL, REJECTED, Ledger
 from weightgen.blocks import BlockLayout, BlockStatsAccumulator
 from weightgen.collection import Job, lora_template, plan_jobs, run_job, vet
 from weightgen.concepts import concepts as list_concepts
-from weightgen.concepts import get_concept
+from weightgen.concepts import get_concept, interleave
 from weightgen.config import Preset
 from weightgen.data import (
     MANIFEST,
@@ -362,7 +362,7 @@ def collect(
     runner: Callable | None = None,
     sources: list | None = None,
 ) -> CollectSummary:
-    """Collect the first `limit` training concepts (or `concept_ids`) x seeds into `out`.
+    """Collect the first `limit` training concepts (families interleaved) (or `concept_ids`) x seeds into `out`.
 
     Re-running skips every finished job; the manifest lists all finished jobs of all runs.
     ``sources``: pair sources (``weightgen.concepts.sources``: a folder of aligned pairs, an
@@ -381,7 +381,7 @@ def collect(
     if len(srcs) != len(sources or []):
         raise CollectError("two pair sources share one id; give each its own id")
     if concept_ids is None and (limit is not None or not srcs):
-        ids = [c.id for c in list_concepts("train")]
+        ids = [c.id for c in interleave(list_concepts("train"))]  # a prefix spans all families
         ids = ids[:limit] if limit is not None else ids
     else:
         ids = [get_concept(i).id for i in concept_ids or []]  # UnknownConceptError, early

@@ -209,3 +209,16 @@ def test_save_concept_grid(tmp_path):
     with Image.open(path) as im:
         assert im.width >= 3 * 32 and im.height >= 2 * 32
     assert [p.name for p in path.parent.iterdir()] == ["grid.png"]
+
+
+def test_interleave_spreads_every_prefix_over_the_families():
+    from weightgen.concepts import interleave
+
+    train = concepts("train")
+    order = interleave(train)
+    assert sorted(c.id for c in order) == sorted(c.id for c in train)  # a permutation
+    families = {c.family for c in train}
+    assert {c.family for c in order[: len(families)]} == families  # one of each first
+    # within a family the catalogue order is kept
+    tone = [c.id for c in order if c.family == "tone"]
+    assert tone == [c.id for c in train if c.family == "tone"]

@@ -9,6 +9,7 @@ from weightgen.concepts.catalogue import (
     catalogue,
     concepts,
     get_concept,
+    interleave,
 )
 from weightgen.concepts.edits import EDITS, Edit, apply_program
 from weightgen.concepts.images import COLLECT_PHOTOS, EVAL_PHOTOS, load_photo, random_crops
@@ -28,6 +29,7 @@ __all__ = [
     "catalogue",
     "concepts",
     "get_concept",
+    "interleave",
     "load_photo",
     "make_pairs",
     "random_crops",

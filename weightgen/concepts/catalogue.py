@@ -27,6 +27,7 @@ __all__ = [
     "catalogue",
     "concepts",
     "get_concept",
+    "interleave",
 ]
 
 SPLITS = ("train", "heldout")
@@ -935,6 +936,19 @@ def concepts(split: str | None = None) -> list[Concept]:
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use 'train' or 'heldout'")
     return [c for c in _catalogue() if split is None or c.split == split]
+
+
+def interleave(items: Sequence[Concept]) -> list[Concept]:
+    """Round robin over families (the first of each family, then the second, ...), so that any
+    prefix (`collect --limit N`, a data-scaling ablation) covers every family evenly."""
+    by_family: dict[str, list[Concept]] = {}
+    for c in items:
+        by_family.setdefault(c.family, []).append(c)
+    out, i = [], 0
+    while len(out) < len(items):
+        out += [v[i] for v in by_family.values() if i < len(v)]
+        i += 1
+    return out
 
 
 def get_concept(id: str) -> Concept:

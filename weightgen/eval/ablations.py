@@ -47,10 +47,13 @@ def derive_dataset(
     src: str, dst: str | Path, *, block_size: int | None = None, concepts: int | None = None
 ) -> dict:
     """A copy of data set `src` at `dst`, with the LoRAs re-cut into `block_size` blocks and/or only
-    the first `concepts` concepts (in data-set order). Stats are recomputed; manifest written last.
-    Re-cutting is exact: from_blocks(old) == from_blocks(new) value for value."""
+    `concepts` of its concepts (the first in catalogue order with families interleaved, so every
+    family keeps its share). Stats are recomputed; manifest written last. Re-cutting is exact:
+    from_blocks(old) == from_blocks(new) value for value."""
     from weightgen.blocks import BlockLayout
     from weightgen.blocks.stats import BlockStatsAccumulator
+    from weightgen.concepts import concepts as list_concepts
+    from weightgen.concepts import interleave
     from weightgen.data import ShardWriter, WeightSample, iter_samples, open_storage, read_manifest
 
     dst = Path(dst)
@@ -58,15 +61,13 @@ def derive_dataset(
     st = open_storage(src)
     old = BlockLayout.from_dict(json.loads(st.read_bytes("layout.json")))
     new = BlockLayout(list(zip(old.names, old.shapes)), block_size or old.block_size)
-    keep: list = []
-    seen: list[str] = []
-    for s in iter_samples(src, expected_layout_hash=old.hash):
-        cid = s.meta.get("concept_id", s.key)
-        if cid not in seen:
-            if concepts is not None and len(seen) >= concepts:
-                continue
-            seen.append(cid)
-        keep.append(s)
+    samples = list(iter_samples(src, expected_layout_hash=old.hash))
+    ids = list(dict.fromkeys(s.meta.get("concept_id", s.key) for s in samples))
+    known = {c.id: c for c in list_concepts()}
+    order = [c.id for c in interleave([known[i] for i in ids if i in known])]
+    order += [i for i in ids if i not in known]  # other pair sources last
+    seen = set(order[:concepts] if concepts is not None else order)
+    keep = [s for s in samples if s.meta.get("concept_id", s.key) in seen]
     if not keep:
         raise ConfigError(f"derived data set from {src} would be empty")
     dst.mkdir(parents=True, exist_ok=True)
