@@ -67,7 +67,10 @@ def test_summarise_and_report_contract(tmp_path):
         "b": {
             "scratch": {"curve": _curve([8, 12, 14, 18, 18, 18])},
             "lora-zero": {"curve": _curve([13, 15, 18, 19, 19, 19])},
-            "generated": {"curve": _curve([19, 20, 21, 22, 22, 22], dt=0.5), "offset_s": 0.1},  # at step 0
+            "generated": {
+                "curve": _curve([19, 20, 21, 22, 22, 22], dt=0.5),
+                "offset_s": 0.1,
+            },  # at step 0
         },
     }
     step0 = {
