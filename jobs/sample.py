@@ -1,9 +1,11 @@
-"""Batch sampling: one generated LoRA `.safetensors` per concept text, split over torchrun ranks.
+"""Batch sampling: one generated LoRA `.safetensors` per concept text, over torchrun ranks or Ray.
 
   python jobs/sample.py --generator runs/demo/generator --texts texts.txt --out runs/demo/loras
   DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 2 jobs/sample.py --generator R \
       --texts texts.txt --out s3://bucket/loras
   torchrun --nnodes N --nproc_per_node G ... jobs/sample.py --generator R --texts T --out s3://b/p
+  python jobs/sample.py --ray --workers 2 --generator R --texts T --out s3://b/p
+  ray job submit --working-dir . -- python jobs/sample.py --ray --workers 64 --generator R ...
 
 The texts file holds one concept text per line (blank lines are skipped); text i (0-based over the
 non-blank lines) goes to rank i % world_size (round-robin, as DiT's sample_ddp.py) and is written as
@@ -15,7 +17,19 @@ Index: each rank writes `index/rank-RRRRR.jsonl` (the files it wrote in this run
 rank 0 writes `index.json` over every text whose file exists, whichever run wrote it. The batch's
 noise comes from seed (seed, first index of the batch); the seed is stored in each file.
 
-Rank 0 prints one line `summary: {json}`; errors a user can cause are one line on stderr, status 2.
+--ray: the driver (one process, no torchrun) lists what exists, cuts the texts still to do into
+chunks of --chunk-size and runs one Ray task per chunk (`ray.wait` keeps at most --workers in
+flight; a failed task is retried, which is safe: its files are rewritten whole with the same
+seeds). The driver loads the generator once to check it and puts its files in Ray's object store;
+each task loads it once from there (no shared file system needed), samples its chunk in batches
+and writes its files and `index/task-CCCCC.jsonl`; the driver then writes `index.json`. Ray: the
+cluster at RAY_ADDRESS when set (e.g. inside `ray job submit`), else a local Ray with --workers CPUs,
+stopped at the end. A batch's seed is (seed, first index of the batch) as under torchrun, and
+batches are cut from each task's chunk: with one process, nothing skipped and --chunk-size a
+multiple of --batch-size, both modes write the same batches, hence the same weights.
+
+Rank 0 (the driver under --ray) prints one line `summary: {json}`; errors a user can cause are one
+line on stderr, status 2.
 """
 
 from __future__ import annotations
@@ -43,7 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass per rank")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per rank")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per rank / Ray task")
+    p.add_argument("--ray", action="store_true", help="one Ray task per chunk of texts")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="--ray: Ray tasks in flight (a local Ray gets this many CPUs; default: all cores)",
+    )
+    p.add_argument("--chunk-size", type=int, default=256, help="--ray: texts per Ray task")
+    p.add_argument(
+        "--gpus-per-task", type=float, default=0.0, help="--ray: GPUs per task (0: sample on CPU)"
+    )
     return p
 
 
@@ -135,27 +160,40 @@ def write_index(storage, texts: list[str], settings: dict) -> dict:
     return index
 
 
-def run(args) -> dict:
-    import torch
+def write_loras(
+    bundle,
+    storage,
+    items: list[tuple[int, str]],
+    settings: dict,
+    *,
+    steps,
+    guidance,
+    seed,
+    batch_size,
+) -> list[dict]:
+    """Sample and write the LoRA of every (index, text) in `items`, `batch_size` texts a pass;
+    returns the index rows of the files written."""
     from safetensors.torch import save as st_save
 
-    from weightgen.data import open_storage
-    from weightgen.diffusion import generate_lora, load_generator
+    from weightgen.diffusion import generate_lora
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.steps < 1 or args.batch_size < 1:
-        raise ValueError("--steps and --batch-size must be >= 1")
-    texts = read_texts(args.texts)
-    rank, world = _dist_init(device)
-    storage = open_storage(args.out)
-    if rank == 0:
-        storage.check_writable()  # creates a missing bucket before any rank writes
-    _barrier()
-    bundle = load_generator(args.generator, device=device)
-    settings = {
+    rows = []
+    for b in range(0, len(items), batch_size):
+        batch = items[b : b + batch_size]
+        bseed = batch_seed(seed, batch[0][0])
+        loras = generate_lora(
+            bundle, [t for _, t in batch], steps=steps, guidance=guidance, seed=bseed
+        )
+        for (i, text), sd in zip(batch, loras):
+            meta = {**{k: str(v) for k, v in settings.items()}, "text": text}
+            meta.update(index=str(i), batch_seed=str(bseed))
+            storage.write_bytes(file_name(i, text), st_save(sd, metadata=meta))
+            rows.append({"index": i, "text": text, "file": file_name(i, text), "batch_seed": bseed})
+    return rows
+
+
+def _settings(args, bundle) -> dict:
+    return {
         "generator": str(args.generator),
         "layout_hash": bundle.layout.hash,
         "steps": args.steps,
@@ -163,27 +201,42 @@ def run(args) -> dict:
         "seed": args.seed,
     }
 
+
+def _check_args(args) -> None:
+    if args.steps < 1 or args.batch_size < 1 or args.chunk_size < 1:
+        raise ValueError("--steps, --batch-size and --chunk-size must be >= 1")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError("--workers must be >= 1")
+
+
+def run(args) -> dict:
+    import torch
+
+    from weightgen.data import open_storage
+    from weightgen.diffusion import load_generator
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _check_args(args)
+    texts = read_texts(args.texts)
+    rank, world = _dist_init(device)
+    storage = open_storage(args.out)
+    if rank == 0:
+        storage.check_writable()  # creates a missing bucket before any rank writes
+    _barrier()
+    bundle = load_generator(args.generator, device=device)
+    settings = _settings(args, bundle)
+
     done = set(storage.list())
     mine = list(range(rank, len(texts), world))  # round-robin over ranks
     todo = [i for i in mine if file_name(i, texts[i]) not in done]
-    rows, t0 = [], time.perf_counter()
-    for b in range(0, len(todo), args.batch_size):
-        idx = todo[b : b + args.batch_size]
-        seed = batch_seed(args.seed, idx[0])
-        loras = generate_lora(
-            bundle,
-            [texts[i] for i in idx],
-            steps=args.steps,
-            guidance=args.guidance,
-            seed=seed,
-        )
-        for i, sd in zip(idx, loras):
-            meta = {**{k: str(v) for k, v in settings.items()}, "text": texts[i]}
-            meta.update(index=str(i), batch_seed=str(seed))
-            storage.write_bytes(file_name(i, texts[i]), st_save(sd, metadata=meta))
-            rows.append(
-                {"index": i, "text": texts[i], "file": file_name(i, texts[i]), "batch_seed": seed}
-            )
+    t0 = time.perf_counter()
+    rows = write_loras(
+        bundle, storage, [(i, texts[i]) for i in todo], settings, steps=args.steps,
+        guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
     seconds = time.perf_counter() - t0
     part = "".join(json.dumps(r) + "\n" for r in rows)
     storage.write_bytes(f"{INDEX_DIR}/rank-{rank:05d}.jsonl", part.encode())
@@ -206,6 +259,135 @@ def run(args) -> dict:
     return summary
 
 
+# --------------------------------------------------------------------------------------------
+# Ray tasks
+# --------------------------------------------------------------------------------------------
+
+GENERATOR_FILES = ("generator.json", "layout.json", "stats.safetensors")
+
+
+def pack_generator(root: str | os.PathLike) -> dict[str, bytes]:
+    """A generator export's files {relative path: bytes} (what load_generator reads)."""
+    root = Path(root)
+    files = {name: (root / name).read_bytes() for name in GENERATOR_FILES}
+    for p in sorted((root / "model").iterdir()):
+        if p.is_file():
+            files[f"model/{p.name}"] = p.read_bytes()
+    return files
+
+
+def sample_chunk(
+    task: int, items: list[tuple[int, str]], generator: dict[str, bytes], out: str,
+    settings: dict, opts: dict,
+) -> dict:  # fmt: skip
+    """One Ray task: load the generator once, write the chunk's LoRAs and index part."""
+    import tempfile
+
+    import torch
+
+    from weightgen.data import open_storage
+    from weightgen.diffusion import load_generator
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(opts["threads"])
+    device = "cuda" if opts["gpus"] > 0 and torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory(prefix="wg-generator-") as tmp:
+        for name, data in generator.items():
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / name).write_bytes(data)
+        bundle = load_generator(tmp, device=device)
+    storage = open_storage(out)
+    t1 = time.perf_counter()
+    rows = write_loras(
+        bundle, storage, items, settings, steps=opts["steps"], guidance=opts["guidance"],
+        seed=opts["seed"], batch_size=opts["batch_size"],
+    )  # fmt: skip
+    part = "".join(json.dumps(r) + "\n" for r in rows)
+    storage.write_bytes(f"{INDEX_DIR}/task-{task:05d}.jsonl", part.encode())
+    t2 = time.perf_counter()
+    return {"task": task, "written": len(rows), "load_s": t1 - t0, "sample_s": t2 - t1}
+
+
+def _init_ray(workers: int):
+    """(ray, True when this call started it): RAY_ADDRESS's cluster, else a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)  # ray.init reads RAY_ADDRESS itself
+    else:
+        ray.init(
+            num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
+    return ray, True
+
+
+def run_ray(args) -> dict:
+    """The --ray driver: chunks of the texts still to do, one Ray task each, then index.json."""
+    from weightgen.data import open_storage
+    from weightgen.diffusion import load_generator
+
+    _check_args(args)
+    texts = read_texts(args.texts)
+    storage = open_storage(args.out)
+    storage.check_writable()
+    bundle = load_generator(args.generator)  # one-line errors before Ray starts
+    settings = _settings(args, bundle)
+    del bundle
+    done = set(storage.list())
+    todo = [i for i in range(len(texts)) if file_name(i, texts[i]) not in done]
+    for key in storage.list(f"{INDEX_DIR}/"):  # the parts of an earlier run's tasks
+        if key.startswith(f"{INDEX_DIR}/task-"):
+            storage.delete(key)
+    chunks = [todo[k : k + args.chunk_size] for k in range(0, len(todo), args.chunk_size)]
+    workers = args.workers or os.cpu_count() or 1
+    threads = args.threads or 1
+    opts = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, threads=threads,
+                batch_size=args.batch_size, gpus=args.gpus_per_task)  # fmt: skip
+
+    results, ray_start, seconds = [], 0.0, 0.0
+    if chunks:
+        t0 = time.perf_counter()
+        ray, owned = _init_ray(workers)
+        t1 = time.perf_counter()
+        ray_start = t1 - t0
+        try:
+            task = ray.remote(num_cpus=threads, num_gpus=args.gpus_per_task, max_retries=2)(
+                sample_chunk
+            )
+            gen_ref = ray.put(pack_generator(args.generator))
+            out, pending = str(storage.uri), []
+            for c, idx in enumerate(chunks):
+                if len(pending) >= workers:  # bounded in flight
+                    ready, pending = ray.wait(pending, num_returns=1)
+                    results += ray.get(ready)
+                items = [(i, texts[i]) for i in idx]
+                pending.append(task.remote(c, items, gen_ref, out, settings, opts))
+            results += ray.get(pending)
+            seconds = time.perf_counter() - t1
+        finally:
+            if owned:
+                ray.shutdown()
+    wrote = sum(r["written"] for r in results)
+    index = write_index(storage, texts, settings)
+    return {
+        "ray_workers": workers,
+        "tasks": len(chunks),
+        "num_texts": len(texts),
+        "written": wrote,
+        "skipped": len(texts) - len(todo),
+        # from the first task submitted to the last result: worker start-up, each task's
+        # generator + text model load, sampling and writes (Ray's own start-up: ray_start_s)
+        "seconds": round(seconds, 3),
+        "concepts_per_s": round(wrote / seconds, 2) if wrote and seconds > 0 else None,
+        "ray_start_s": round(ray_start, 3),
+        "task_load_s": round(sum(r["load_s"] for r in results), 3),
+        "task_sample_s": round(sum(r["sample_s"] for r in results), 3),
+        "num_done": index["num_done"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     global _OWN_GROUP
     args = build_parser().parse_args(argv)
@@ -213,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     from weightgen.errors import WeightgenError
 
     try:
-        summary = run(args)
+        summary = run_ray(args) if args.ray else run(args)
     except (WeightgenError, StorageError, FileNotFoundError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2

@@ -3,6 +3,10 @@
   python jobs/train.py --data runs/demo/dataset --out runs/demo/generator
   DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 2 jobs/train.py --data D --out R --zero 2
   torchrun --nnodes N --nproc_per_node G ... jobs/train.py --preset paper --data s3://b/p --out R --zero 3
+  ... jobs/train.py --data s3://b/p --out R --stream --epoch-samples 100000 --num-workers 4
+
+--stream reads batches from the shards (split by rank and worker, resampled) instead of loading the
+data set into memory, and normalises them on the training device.
 
 Rank 0 prints one line `summary: {json}` at the end; errors a user can cause are one line on
 stderr and exit status 2.
@@ -34,6 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads per rank")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        default=None,
+        help="stream the shards (local or s3://) instead of loading the data set into memory",
+    )
+    p.add_argument(
+        "--epoch-samples",
+        type=int,
+        default=None,
+        help="with --stream: samples per epoch over all ranks (default: the data set's size)",
+    )
+    p.add_argument(
+        "--shuffle-buffer", type=int, default=None, help="with --stream: shuffle buffer size"
+    )
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="DataLoader worker processes per rank"
+    )
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -58,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             ckpt_every=args.ckpt_every,
             threads=args.threads,
             bf16=args.bf16,
+            stream=args.stream,
+            epoch_samples=args.epoch_samples,
+            shuffle_buffer=args.shuffle_buffer,
+            num_workers=args.num_workers,
         )
         summary = train_generator(
             args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress

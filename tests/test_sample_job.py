@@ -178,3 +178,89 @@ def test_one_process_to_s3(generator, tmp_path, monkeypatch, capsys):
         assert {e["file"] for e in index["entries"]} <= set(st.list())
         assert sample_job.main(argv) == 0
         assert '"skipped": 7' in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ Ray tasks
+
+
+def _ray_summary(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.split("summary: ")[1].splitlines()[0])
+
+
+@pytest.mark.ray
+def test_ray_tasks_write_indexes_and_skip(generator, tmp_path, capsys):
+    """A local Ray (started and stopped by the job): 7 texts in chunks of 3 = 3 tasks; the same
+    files, index and weights as one process with the same batches; a re-run skips what exists."""
+    import ray
+    import torch
+    from safetensors.torch import load_file
+
+    texts = texts_file(tmp_path)
+    base = ["--generator", str(generator), "--texts", str(texts), "--batch-size", "3"]
+    ref = tmp_path / "one"
+    assert sample_job.main([*base, "--out", str(ref)]) == 0
+    capsys.readouterr()
+
+    out = tmp_path / "loras"
+    argv = [*base, "--out", str(out), "--ray", "--workers", "2", "--chunk-size", "3"]
+    assert sample_job.main(argv) == 0
+    first = _ray_summary(capsys)
+    assert first["tasks"] == 3 and first["written"] == len(TEXTS) and first["skipped"] == 0
+    assert first["ray_workers"] == 2 and first["concepts_per_s"] > 0
+    assert not ray.is_initialized()  # the job stopped the Ray it started
+    check_outputs(out, generator)
+    parts = sorted((out / "index").glob("task-*.jsonl"))
+    assert [p.name for p in parts] == [f"task-{c:05d}.jsonl" for c in range(3)]
+    seen = [json.loads(ln)["index"] for p in parts for ln in p.read_text().splitlines()]
+    assert sorted(seen) == list(range(len(TEXTS)))
+    for i, t in enumerate(TEXTS):  # chunks of 3 = batches of 3: the one-process batches
+        a, b = (load_file(str(d / sample_job.file_name(i, t))) for d in (out, ref))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    victim = out / sample_job.file_name(5, TEXTS[5])
+    victim.unlink()
+    assert sample_job.main(argv) == 0
+    again = _ray_summary(capsys)
+    assert again["tasks"] == 1 and again["written"] == 1 and again["skipped"] == len(TEXTS) - 1
+    assert [p.name for p in (out / "index").glob("task-*.jsonl")] == ["task-00000.jsonl"]
+    check_outputs(out, generator)
+    assert sample_job.main(argv) == 0  # nothing to do: no Ray started, index rewritten
+    done = _ray_summary(capsys)
+    assert done["tasks"] == 0 and done["written"] == 0 and done["num_done"] == len(TEXTS)
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+@pytest.mark.slow
+def test_ray_tasks_on_ray_address_cluster_to_s3(generator, tmp_path, monkeypatch, capsys):
+    """RAY_ADDRESS set (as inside `ray job submit`): the job joins that cluster, leaves it
+    running, and its tasks write to S3."""
+    import ray
+    from _s3 import set_s3_env, weed_server
+    from test_cluster_ray import BIN, RayHead
+
+    from weightgen.data import open_storage
+
+    with weed_server(tmp_path / "weed") as server:
+        set_s3_env(monkeypatch, server)
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+        head = RayHead({**env, "RAY_AUTH_MODE": "disabled"})
+        try:
+            head.start()
+            monkeypatch.setenv("RAY_ADDRESS", head.address)
+            uri = "s3://wg-sample-ray/loras"
+            argv = ["--generator", str(generator), "--texts", str(texts_file(tmp_path))]
+            argv += ["--out", uri, "--ray", "--workers", "2", "--chunk-size", "4"]
+            assert sample_job.main(argv) == 0
+            s = _ray_summary(capsys)
+            assert s["tasks"] == 2 and s["written"] == len(TEXTS)
+            assert not ray.is_initialized()  # this driver disconnected; the head runs on
+            assert head.proc.poll() is None
+            st = open_storage(uri)
+            index = json.loads(st.read_bytes("index.json"))
+            assert index["num_done"] == len(TEXTS)
+            assert {e["file"] for e in index["entries"]} <= set(st.list())
+            assert sample_job.main(argv) == 0
+            assert _ray_summary(capsys)["skipped"] == len(TEXTS)
+        finally:
+            head.stop()

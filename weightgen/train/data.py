@@ -9,6 +9,9 @@ Batch order is a pure function of (seed, rank, step): the rank's samples are vis
 random permutation per epoch, permutation e seeded by (seed, rank, e); the batch of step t is
 positions [t*b, (t+1)*b) of that endless stream. A resumed run therefore sees exactly the
 batches an uninterrupted run would.
+
+`open_stream_data` reads only the manifest, layout, statistics and one sample (for the text
+widths): with TrainConfig.stream the samples come from weightgen.train.stream instead.
 """
 
 from __future__ import annotations
@@ -53,6 +56,34 @@ class TrainData:
     def num_samples(self) -> int:
         return self.x0.shape[0]
 
+    @property
+    def text_dim(self) -> int:
+        return self.pooled.shape[1]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.tokens.shape[1]
+
+
+@dataclass
+class StreamData:
+    """A data set to stream: everything train_generator needs but the samples."""
+
+    uri: str
+    layout: BlockLayout
+    stats: BlockStats
+    manifest: Manifest
+    text_dim: int
+    max_tokens: int  # token rows per sample (1 when the data set has no token embeddings)
+    has_tokens: bool
+    text_model: str
+    layout_bytes: bytes
+    stats_bytes: bytes
+
+    @property
+    def num_samples(self) -> int:
+        return self.manifest.num_samples
+
 
 def _read_side(st, name: str, uri: str) -> bytes:
     try:
@@ -63,9 +94,8 @@ def _read_side(st, name: str, uri: str) -> bytes:
         ) from None
 
 
-def load_train_data(uri: str | os.PathLike) -> TrainData:
-    """Read, verify and normalise a whole (small) data set; TrainError with one line on bad input."""
-    uri = str(uri)
+def _open_dataset(uri: str):
+    """(storage, manifest, layout, stats, layout bytes, stats bytes) of a data set, checked."""
     try:
         st = open_storage(uri)
         manifest = read_manifest(st)
@@ -94,6 +124,43 @@ def load_train_data(uri: str | os.PathLike) -> TrainData:
             raise TrainError(
                 f"data set {uri}: stats.safetensors unusable ({str(e).splitlines()[0]})"
             ) from None
+    return st, manifest, layout, stats, layout_bytes, stats_bytes
+
+
+def _text_model(manifest: Manifest) -> str:
+    return str(manifest.extra.get("text_model", "all-MiniLM-L6-v2"))
+
+
+def open_stream_data(uri: str | os.PathLike) -> StreamData:
+    """A data set's layout, statistics and text widths (from its first sample), for streaming."""
+    uri = str(uri)
+    st, manifest, layout, stats, layout_bytes, stats_bytes = _open_dataset(uri)
+    try:
+        first = next(
+            iter_samples(st, expected_layout_hash=layout.hash, verify=True), None
+        )  # reads the first shard only
+    except DatasetError as e:
+        raise TrainError(f"cannot train on {uri}: {str(e).splitlines()[0]}") from None
+    if first is None:
+        raise TrainError(f"data set {uri} is empty (0 samples); collect some concepts first")
+    return StreamData(
+        uri=st.uri,
+        layout=layout,
+        stats=stats,
+        manifest=manifest,
+        text_dim=int(first.text.shape[0]),
+        max_tokens=1 if first.tokens is None else int(first.tokens.shape[0]),
+        has_tokens=first.tokens is not None,
+        text_model=_text_model(manifest),
+        layout_bytes=layout_bytes,
+        stats_bytes=stats_bytes,
+    )
+
+
+def load_train_data(uri: str | os.PathLike) -> TrainData:
+    """Read, verify and normalise a whole (small) data set; TrainError with one line on bad input."""
+    uri = str(uri)
+    st, manifest, layout, stats, layout_bytes, stats_bytes = _open_dataset(uri)
 
     keys, blocks, pooled, tokens = [], [], [], []
     try:
@@ -138,7 +205,7 @@ def load_train_data(uri: str | os.PathLike) -> TrainData:
         tokens=tok,
         mask=mask,
         has_tokens=has_tokens,
-        text_model=str(manifest.extra.get("text_model", "all-MiniLM-L6-v2")),
+        text_model=_text_model(manifest),
         layout_bytes=layout_bytes,
         stats_bytes=stats_bytes,
     )

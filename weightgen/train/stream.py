@@ -8,10 +8,19 @@ share of `epoch_samples // world` samples: an epoch is a number of samples, not 
 Shards are read through weightgen.data (size + sha256 checked against the manifest) with
 webdataset's pipeline stages. Raw blocks are yielded; `normalize_on_device` normalises a batch on
 the training device (Triton kernel on GPU through weightgen.blocks.normalize's dispatch).
+
+`StepStream` is what train_generator uses: it yields the micro-batch of each training step. The
+rank's data is cut into P parts (P = max(1, DataLoader workers)); step t takes its batch from part
+t % P, whose stream in epoch e = t // steps_per_epoch is ShardStream.part_stream(p, P, e). The batch
+of step t is therefore a pure function of (seed, rank, world, P, batch, steps_per_epoch, shuffle
+buffer, t), whichever worker builds it: a run resumed at step k rebuilds epoch k // steps_per_epoch
+and reads (without training on) the batches of that epoch before k, then continues exactly where the
+uninterrupted run was. The cost of a resume is reading at most one epoch of this rank's data.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 from collections.abc import Iterator
@@ -94,19 +103,82 @@ class ShardStream(torch.utils.data.IterableDataset):
                 mask = (tokens != 0).any(dim=-1)  # (L,) tokens are stored zero past the mask
                 yield torch.from_numpy(s.blocks), pooled, tokens, mask
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
-        w, _, shards, count = self._worker()
-        seed = _stream_seed(self.seed, self.rank, w, self.epoch)
+    def part_stream(self, part: int, parts: int, epoch: int) -> Iterator[tuple]:
+        """Endless samples of part `part` of `parts` of this rank's shards in `epoch`."""
+        shards = split(self.node_shards, part, parts)
+        seed = _stream_seed(self.seed, self.rank, part, epoch)
         rng = random.Random(seed)
         pipe = wds.DataPipeline(
             lambda: self._shards(shards, rng),
             self._samples,
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(seed)),
         )
-        for i, item in enumerate(pipe):
+        return iter(pipe)
+
+    def _fresh_storage(self) -> None:
+        """In a DataLoader worker: a storage object of its own (no S3 client shared over fork)."""
+        if torch.utils.data.get_worker_info() is not None:
+            self.storage = copy.copy(self.storage)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        self._fresh_storage()
+        w, nw, _, count = self._worker()
+        for i, item in enumerate(self.part_stream(w, nw, self.epoch)):
             if i >= count:
                 break
             yield item
+
+
+class StepStream(torch.utils.data.IterableDataset):
+    """Items: the micro-batch of each step in [start, stop) on this rank, in step order:
+    (blocks (b, N, S) f32 raw, pooled (b, Dt), tokens (b, L, Dt), mask (b, L) bool).
+
+    Use with DataLoader(batch_size=None, num_workers=W), parts = max(1, W): the DataLoader asks its
+    workers round-robin, so worker w builds steps start + w, start + w + W, ..., all of part
+    (start + w) % W, and hands them back in step order.
+    """
+
+    def __init__(
+        self,
+        stream: ShardStream,
+        *,
+        batch: int,
+        steps_per_epoch: int,
+        start: int,
+        stop: int,
+        parts: int = 1,
+    ):
+        super().__init__()
+        if batch < 1 or steps_per_epoch < 1 or parts < 1:
+            raise ValueError("batch, steps_per_epoch and parts must be >= 1")
+        self.stream, self.batch, self.steps_per_epoch = stream, batch, steps_per_epoch
+        self.start, self.stop, self.parts = start, stop, parts
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def _steps_before(self, t: int) -> int:
+        """Steps of t's part in t's epoch before t (what its part stream yielded before t)."""
+        first = t // self.steps_per_epoch * self.steps_per_epoch
+        part = t % self.parts
+        first_of_part = first + (part - first) % self.parts  # first step of `part` in the epoch
+        return max(0, (t - first_of_part) // self.parts)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        w, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        if nw != self.parts:
+            raise ValueError(f"StepStream of {self.parts} parts read by {nw} DataLoader workers")
+        self.stream._fresh_storage()
+        epoch, it = None, None
+        for t in range(self.start + w, self.stop, nw):  # all of one part: (start + w) % nw
+            if t // self.steps_per_epoch != epoch:
+                epoch = t // self.steps_per_epoch
+                it = self.stream.part_stream(t % nw, nw, epoch)
+                for _ in range(self._steps_before(t) * self.batch):  # resume mid-epoch: replay
+                    next(it)
+            items = [next(it) for _ in range(self.batch)]
+            yield tuple(torch.stack(x) for x in zip(*items))
 
 
 def normalize_on_device(
@@ -118,4 +190,4 @@ def normalize_on_device(
     return normalize(flat, layout, st.mean, st.std)  # (B, N, S)
 
 
-__all__ = ["ShardStream", "normalize_on_device", "split"]
+__all__ = ["ShardStream", "StepStream", "normalize_on_device", "split"]

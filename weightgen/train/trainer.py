@@ -8,6 +8,14 @@ DS_ACCELERATOR=cpu, NCCL on GPU). Output folder OUT:
   train_log.jsonl             the same scalars, one JSON line per logged step (rank 0)
   config.json                 the resolved TrainConfig
   model/ layout.json stats.safetensors generator.json   the export (generator.json last)
+
+Data: by default the whole data set is loaded, normalised, into memory (weightgen.train.data).
+With `stream=True` the batches come from the shards (local or s3://) through
+weightgen.train.stream.StepStream (split by rank and DataLoader worker, resampled shards, epochs of
+`epoch_samples` samples, seeds per (seed, rank, part, epoch)), and the raw blocks are normalised on
+the training device after the copy (weightgen.blocks.normalize: the Triton kernel on CUDA).
+Either way the batch of step t is a pure function of the config, rank and t, so a resumed run
+trains on exactly the batches the uninterrupted run did (streaming: see stream.py for the cost).
 """
 
 from __future__ import annotations
@@ -43,14 +51,26 @@ from weightgen.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from weightgen.train.data import StepBatches, TrainData, TrainError, load_train_data
+from weightgen.train.data import (
+    StepBatches,
+    StreamData,
+    TrainData,
+    TrainError,
+    load_train_data,
+    open_stream_data,
+)
+from weightgen.train.stream import ShardStream, StepStream, normalize_on_device
 
 log = logging.getLogger(__name__)
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 LOG_FILE = "train_log.jsonl"
 # config values that fix the model or the data order: a resumed run must keep them
-_RESUME_FIXED = ("size", "per_block", "use_block_index", "model_overrides", "batch_size", "seed")
+_RESUME_FIXED = (
+    "size", "per_block", "use_block_index", "model_overrides", "batch_size", "seed", "stream",
+)  # fmt: skip
+# ... and, when streaming, these too (the DataLoader workers set the number of stream parts)
+_RESUME_FIXED_STREAM = ("epoch_samples", "shuffle_buffer", "num_workers")
 
 
 @dataclass
@@ -76,7 +96,11 @@ class TrainConfig:
     zero_stage: int = 1
     bf16: bool | None = None  # None: on when CUDA supports bf16
     seed: int = 0
-    num_workers: int = 0  # DataLoader workers preparing step batches (data is in memory)
+    num_workers: int = 0  # DataLoader workers preparing step batches
+    # streaming (weightgen.train.stream) instead of loading the data set into memory
+    stream: bool = False
+    epoch_samples: int | None = None  # samples per epoch, all ranks (None: the data set's size)
+    shuffle_buffer: int = 64  # samples per stream part in the shuffle buffer
     threads: int | None = None  # CPU intra-op threads per rank (None: torch's default); 1 on a
     # shared or oversubscribed CPU, where more threads can be ~10x slower
     gradient_checkpointing: bool = False
@@ -93,6 +117,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1 or None, got {self.threads}")
+        if self.epoch_samples is not None and self.epoch_samples < 1:
+            raise ConfigError(f"epoch_samples must be >= 1 or None, got {self.epoch_samples}")
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.num_workers < 0:
             raise ConfigError("lr must be > 0, warmup_steps and num_workers >= 0")
         if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.cond_drop_prob < 1.0:
@@ -224,8 +252,10 @@ def _prepare_out(out: Path, cfg: TrainConfig, resume: bool) -> int | None:
         return None
     old = out / "config.json"
     if old.is_file():
-        prev = json.loads(old.read_text())
-        changed = [k for k in _RESUME_FIXED if prev.get(k) != cfg.to_dict().get(k)]
+        now, defaults = cfg.to_dict(), TrainConfig().to_dict()
+        prev = {**defaults, **json.loads(old.read_text())}  # keys added since: their defaults
+        fixed = _RESUME_FIXED + (_RESUME_FIXED_STREAM if cfg.stream else ())
+        changed = [k for k in fixed if prev.get(k) != now.get(k)]
         if changed:
             raise TrainError(
                 f"cannot resume {out}: {', '.join(changed)} differ from the checkpointed run "
@@ -249,7 +279,9 @@ def _trim_log(path: Path, keep_upto: int) -> None:
     path.write_text("".join(ln + "\n" for ln in kept))
 
 
-def _export(out: Path, engine, ema: EMA, data: TrainData, cfg: TrainConfig, meta: dict) -> None:
+def _export(
+    out: Path, engine, ema: EMA, data: TrainData | StreamData, cfg: TrainConfig, meta: dict
+) -> None:
     export_ema(BlockDiT, dict(engine.module.config), ema, out / MODEL_DIR)
     (out / LAYOUT_JSON).write_bytes(data.layout_bytes)
     (out / STATS_FILE).write_bytes(data.stats_bytes)
@@ -259,6 +291,40 @@ def _export(out: Path, engine, ema: EMA, data: TrainData, cfg: TrainConfig, meta
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
+
+
+def _batches(data, cfg: TrainConfig, rank: int, world: int, rank_seed: int, start: int, device):
+    """(DataLoader over the steps [start, max_steps) on this rank, batch x0 -> normalised x0 on
+    `device`): in memory, x0 comes normalised; streamed, raw blocks are normalised on `device`."""
+    b = cfg.batch_size // world
+    if not cfg.stream:
+        ds = StepBatches(data, rank, world, b, rank_seed, start, cfg.max_steps)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.num_workers)
+        return loader, lambda x0: x0.to(device)
+    epoch_samples = cfg.epoch_samples or data.num_samples
+    steps_per_epoch = max(1, epoch_samples // cfg.batch_size)
+    shards = ShardStream(
+        data.uri,
+        epoch_samples=steps_per_epoch * cfg.batch_size,
+        seed=cfg.seed,
+        rank=rank,
+        world=world,
+        max_tokens=data.max_tokens,
+        shuffle_buffer=cfg.shuffle_buffer,
+    )
+    ds = StepStream(
+        shards,
+        batch=b,
+        steps_per_epoch=steps_per_epoch,
+        start=start,
+        stop=cfg.max_steps,
+        parts=max(1, cfg.num_workers),
+    )
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda"
+    )
+    stats = data.stats.to(device)  # once, not per step
+    return loader, lambda blocks: normalize_on_device(blocks, data.layout, stats, device)
 
 
 def train_generator(
@@ -281,7 +347,8 @@ def train_generator(
     )
     cfg = cfg or TrainConfig()
     out = Path(out_dir)
-    data = load_train_data(data_uri)  # TrainError on a missing / empty / foreign data set
+    # TrainError on a missing / empty / foreign data set
+    data = open_stream_data(data_uri) if cfg.stream else load_train_data(data_uri)
     rank, world, device = init_distributed()
     import deepspeed  # after init_distributed chose the accelerator
 
@@ -305,7 +372,7 @@ def train_generator(
         cfg.size,
         num_blocks=data.layout.num_blocks,
         block_size=data.layout.block_size,
-        text_dim=data.pooled.shape[1],
+        text_dim=data.text_dim,
         per_block=cfg.per_block,
         use_block_index=cfg.use_block_index,
         cond_drop_prob=cfg.cond_drop_prob,
@@ -333,11 +400,7 @@ def train_generator(
     scheduler = make_train_scheduler()
     valid = data.layout.valid_mask(device)  # (N, S)
     rank_seed = cfg.seed * world + rank
-    loader = torch.utils.data.DataLoader(
-        StepBatches(data, rank, world, cfg.batch_size // world, rank_seed, step, cfg.max_steps),
-        batch_size=None,
-        num_workers=cfg.num_workers,
-    )
+    loader, to_x0 = _batches(data, cfg, rank, world, rank_seed, step, device)
     tb = bar = None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -356,7 +419,7 @@ def train_generator(
     for x0, pooled, tokens, mask in loader:
         g = torch.Generator(device=device).manual_seed(rank_seed * 1_000_003 + step)
         loss = diffusion_loss(
-            engine, x0.to(device), valid, pooled.to(device), tokens.to(device), mask.to(device),
+            engine, to_x0(x0), valid, pooled.to(device), tokens.to(device), mask.to(device),
             scheduler=scheduler, generator=g, cond_drop_prob=cfg.cond_drop_prob,
             last_t_frac=cfg.last_t_frac,
         )  # fmt: skip
@@ -405,6 +468,7 @@ def train_generator(
         "world_size": world,
         "zero_stage": cfg.zero_stage,
         "num_samples": data.num_samples,
+        "stream": cfg.stream,
     }
     if final_loss is None and (out / LOG_FILE).is_file() and is_main:  # nothing left to train
         rows = [json.loads(ln) for ln in (out / LOG_FILE).read_text().splitlines() if ln.strip()]
@@ -415,7 +479,7 @@ def train_generator(
         meta = {
             "format": "weightgen-generator/1",
             "text_model": data.text_model,
-            "max_text_tokens": int(data.tokens.shape[1]),
+            "max_text_tokens": data.max_tokens,
             "text_tokens": data.has_tokens,
             "dataset": data.uri,
             "layout_hash": data.layout.hash,
