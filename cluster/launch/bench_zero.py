@@ -5,7 +5,10 @@ plain PyTorch loop (AdamW, same model, same loss, same global batch) on one mach
 
 Each DeepSpeed figure is `samples_per_s` from jobs/train.py's summary (the whole step loop,
 including the final checkpoint); the plain loop times its steps after one warm-up step. CPU runs use
-all cores in one process and one thread per rank with 2 processes. Prints one JSON line.
+all cores in one process and one thread per rank with 2 processes. On a GPU (DS_ACCELERATOR unset,
+deepspeed installed) each stage also reports rank 0's peak GPU memory. Prints one JSON line.
+
+  python cluster/launch/bench_zero.py --data DATA --size large --batch-size 64 --nproc 1
 """
 
 from __future__ import annotations
@@ -57,9 +60,13 @@ def plain_loop(data_uri: str, steps: int, batch: int, size: str) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
-def deepspeed_run(
-    data_uri: str, stage: int, nproc: int, steps: int, batch: int, size: str
-) -> float:
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def deepspeed_run(data_uri: str, stage: int, nproc: int, steps: int, batch: int, size: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
         launcher = [sys.executable]
         if nproc > 1:
@@ -76,7 +83,9 @@ def deepspeed_run(
             "--size", size, "--ckpt-every", str(10**9), "--log-every", str(steps),
             "--threads", str(max(1, (os.cpu_count() or 1) // nproc)), "--no-progress",
         ]  # fmt: skip
-        env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+        env = dict(os.environ)
+        if not _cuda():
+            env["DS_ACCELERATOR"] = env.get("DS_ACCELERATOR", "cpu")
         env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -91,7 +100,7 @@ def deepspeed_run(
         lines = [ln for ln in output.splitlines() if ln.startswith("summary: ")]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"ZeRO-{stage} x{nproc} failed:\n{output[-3000:]}")
-        return float(json.loads(lines[0][len("summary: ") :])["samples_per_s"])
+        return json.loads(lines[0][len("summary: ") :])
 
 
 def main() -> None:
@@ -108,8 +117,10 @@ def main() -> None:
     )
     for nproc in map(int, args.nproc.split(",")):
         for stage in (1, 2, 3):
-            sps = deepspeed_run(args.data, stage, nproc, args.steps, args.batch_size, args.size)
-            res[f"zero{stage}_{nproc}proc"] = round(sps, 2)
+            s = deepspeed_run(args.data, stage, nproc, args.steps, args.batch_size, args.size)
+            res[f"zero{stage}_{nproc}proc"] = round(s["samples_per_s"], 2)
+            if s.get("peak_memory_gib") is not None:  # GPU: rank 0's peak, per ZeRO stage
+                res[f"zero{stage}_{nproc}proc_peak_gib"] = round(s["peak_memory_gib"], 3)
     print(json.dumps(res), flush=True)
 
 

@@ -469,6 +469,10 @@ def train_generator(
         "zero_stage": cfg.zero_stage,
         "num_samples": data.num_samples,
         "stream": cfg.stream,
+        # this rank's peak GPU memory over the run (model states, activations, buffers); None on CPU
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda"
+        else None,
     }
     if final_loss is None and (out / LOG_FILE).is_file() and is_main:  # nothing left to train
         rows = [json.loads(ln) for ln in (out / LOG_FILE).read_text().splitlines() if ln.strip()]
