@@ -230,3 +230,29 @@ def test_derived_dataset_recut_is_exact(run, tmp_path):
         a = ba[list(ka).index(k)]
         la, lb = old.from_blocks(torch.from_numpy(a)), new.from_blocks(torch.from_numpy(b))
         assert all(torch.equal(la[n], lb[n]) for n in la)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path):
+    """`weightgen demo` on a run whose base, data set and generator are done: only the
+    evaluation stage runs, and it writes the report `make run` promises."""
+    import shutil
+
+    from weightgen.eval.demo import run_demo
+
+    demo = tmp_path / "demo"
+    for part in ("base", "dataset", "generator"):
+        shutil.copytree(run / part, demo / part)
+    result = run_demo(demo, _preset(), finetune_concepts=1)
+    rep = json.loads((demo / "report" / "report.json").read_text())
+    assert len(rep["runs"]) == 1 and len(rep["step0"]) == len(concepts_heldout())
+    assert result["summary"]["methods"]["generated"]["psnr_step0"] is not None
+    for name in ("report.md", "curves.png", "step0.png", "speedup.png", "grid.png", "timings.json"):
+        assert (demo / "report" / name).is_file(), name
+
+
+def concepts_heldout():
+    from weightgen.concepts import concepts
+
+    return concepts("heldout")
