@@ -305,7 +305,12 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
         "sweep_lrs": list(cfg.sweep_lrs),
         "sweep_concepts": cfg.sweep_concepts,
         "sweep_steps": cfg.sweep_steps,
-        "generator": ctx.bundle.meta.get("layout_hash"),
+        # the generator's identity: a retrained one is swept again
+        "generator": [
+            ctx.bundle.meta.get("layout_hash"),
+            (ctx.bundle.meta.get("summary") or {}).get("steps"),
+            (ctx.bundle.meta.get("summary") or {}).get("final_loss"),
+        ],
         "methods": methods,
         "sample_steps": cfg.sample_steps,
         "empty_text": cfg.empty_text,
