@@ -380,7 +380,11 @@ def one_off_cost(run: Path, bundle_meta: dict) -> dict:
     for s in iter_samples(str(run / "dataset")):
         collect += float(s.meta.get("metrics", {}).get("train_seconds", 0.0))
         n += 1
-    gen = (bundle_meta.get("summary") or {}).get("seconds")
+    summ = bundle_meta.get("summary") or {}
+    gen = summ.get("seconds")
+    if gen is not None and summ.get("resumed_from"):  # a resumed run timed its own steps only
+        done = summ.get("steps", 0) - summ["resumed_from"]
+        gen = gen * summ["steps"] / done if done > 0 else None
     total = sum(v for v in (base, collect, gen) if v is not None)
     return {
         "base_s": base,
