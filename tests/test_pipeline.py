@@ -186,7 +186,8 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
             "--per-family", "1", "--concepts", "2", "--step0-concepts", "12",
             "--lora-steps", "4", "--scratch-max-steps", "6", "--sweep-concepts", "1",
             "--sweep-steps", "3", "--sweep-lrs", "1e-3", "5e-3", "--lr", "scratch=0.002",
-            "--workers", "2", "--ablate", "ddim10", "--ablate", "block128"]  # fmt: skip
+            "--workers", "2", "--ablate", "ddim10", "--ablate", "block128",
+            "--ablate", "empty-text"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["methods"]) == {"base", "scratch", "lora-zero", "generated", "nearest", "mean"}
@@ -204,10 +205,11 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
         assert methods["scratch"]["curve"][-1]["step"] <= 6
         assert [p["step"] for p in methods["generated"]["curve"]] == [0, 1, 2, 4]
         assert methods["generated"]["offset_s"] > 0  # sampling time is counted
-    assert set(rep["ablations"]) == {"reference", "ddim10", "block128"}
+    assert set(rep["ablations"]) == {"reference", "ddim10", "block128", "empty-text"}
     assert (out / "ablations" / "block128" / "generator" / "generator.json").is_file()
     for png in ("curves.png", "step0.png", "grid.png", "speedup.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert {p.stem for p in (out / "grids").glob("*.png")} == set(rep["runs"])  # one per concept
     md = (out / "report.md").read_text()
     for needle in ("Paper and ours side by side", "One-off cost", "| block128 |", "sweep"):
         assert needle in md

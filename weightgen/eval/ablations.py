@@ -2,7 +2,8 @@
 
 Sampling-time ablations reuse the trained generator:
   ddim10       10 DDIM steps instead of 1
-  empty-text   the generator is given the empty text for every concept
+  empty-text   the generator is given the empty text for every concept (its learned null text,
+               the condition text dropout trains; guidance 0)
 Training-time ablations train a variant generator (same steps and seed as the reference) under
 OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   block128, block512      the same LoRAs cut into blocks of 128 / 512 values

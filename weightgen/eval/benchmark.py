@@ -256,8 +256,10 @@ class _Context:
         """LoRAs for `texts` and the seconds per concept (text encoding included, batched)."""
         from weightgen.eval.newconcept import timed_generate
 
-        prompts = [""] * len(texts) if self.empty_text else texts
-        loras, seconds = timed_generate(self.bundle, prompts, encoder=self.enc, steps=steps)
+        # empty text: the generator's learned null condition (trained by text dropout), i.e.
+        # classifier-free guidance 0 -- the text encoder itself refuses an empty string
+        kw = {"guidance": 0.0} if self.empty_text else {}
+        loras, seconds = timed_generate(self.bundle, texts, encoder=self.enc, steps=steps, **kw)
         return loras, seconds / len(texts)
 
 
@@ -476,7 +478,10 @@ def run_benchmark(
             imgs += [p[m]["start"][0], p[m]["end"][0]]
         rows.append((c.id, imgs))
     if rows:
-        save_image_grid(out / "grid.png", rows, columns)
+        # one grid per concept (grids/ID.png) and the first six together in the report
+        for row in rows:
+            save_image_grid(out / "grids" / f"{row[0]}.png", [row], columns)
+        save_image_grid(out / "grid.png", rows[:6], columns)
 
     # 5. ablation rows (step-0 quality of each generator variant on every held-out concept)
     ablation_rows = {}

@@ -292,6 +292,8 @@ def save_image_grid(
     path: str | Path, rows: list[tuple[str, list[torch.Tensor]]], columns: list[str]
 ) -> None:
     """rows: (label, [image (3,H,W) in [0,1] per column]) -> one PNG with labelled columns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     n, m = len(rows), len(columns)
     fig, axes = plt.subplots(n, m, figsize=(1.6 * m, 1.6 * n + 0.4), squeeze=False)
     for i, (label, imgs) in enumerate(rows):
