@@ -23,7 +23,7 @@ import torch
 from weightgen.blocks import BlockLayout, BlockStats
 from weightgen.concepts import Concept, make_pairs
 from weightgen.config import Preset
-from weightgen.gan import build_concept_model, evaluate, train_concept
+from weightgen.gan import train_concept
 
 TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean")
 EVAL_SEED = 0
@@ -79,14 +79,6 @@ class WeightBaselines:
 def eval_pairs(concept: Concept, preset: Preset, n: int | None = None):
     n = preset.concept.n_eval_pairs if n is None else n
     return make_pairs(concept, n, size=preset.gan.image_size, seed=EVAL_SEED, split="eval")
-
-
-def step0_quality(
-    preset: Preset, base_state, lora: dict | None, concept: Concept, tokens, mask, pairs
-) -> tuple[float, float]:
-    """PSNR/SSIM of base + `lora` (None: the base alone) on the concept's evaluation pairs."""
-    g = build_concept_model("lora", preset.gan, preset.lora, base_state, init_lora=lora)
-    return evaluate(g, pairs[0], pairs[1], tokens[None], mask[None])
 
 
 def finetune(
