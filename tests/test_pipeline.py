@@ -188,6 +188,16 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
             "--sweep-steps", "3", "--sweep-lrs", "1e-3", "5e-3", "--lr", "scratch=0.002",
             "--workers", "2", "--ablate", "ddim10", "--ablate", "block128",
             "--ablate", "empty-text"]  # fmt: skip
+    # and the plateau rule for every method: a 100 dB gain is never seen, so runs stop at the first
+    # measurement with a measurement 10 steps older (step 10: step 0; the budget is 40)
+    plateau = ["evaluate", "--generator", str(run / "generator"), "--out", str(tmp_path / "p"),
+               "--concepts", "1", "--step0-concepts", "1", "--lora-steps", "40",
+               "--scratch-max-steps", "40", "--sweep-concepts", "0", "--lora-until-plateau",
+               "--patience-steps", "10", "--min-gain-db", "100"]  # fmt: skip
+    assert main(plateau) == 0, capsys.readouterr().err
+    pr = json.loads((tmp_path / "p" / "report.json").read_text())
+    (only,) = pr["runs"].values()
+    assert {m: r["curve"][-1]["step"] for m, r in only.items()} == dict.fromkeys(only, 10)
     assert main(argv) == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["methods"]) == {"base", "scratch", "lora-zero", "generated", "nearest", "mean"}

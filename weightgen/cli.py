@@ -166,6 +166,9 @@ def cmd_evaluate(args) -> int:
         concepts=args.concepts,
         step0_concepts=args.step0_concepts,
         fid_weights=args.fid_weights,
+        patience_steps=args.patience_steps,
+        min_gain_db=args.min_gain_db,
+        lora_plateau=args.lora_until_plateau,
     )
     if cfg.fid_weights:
         from weightgen.eval.fid import fid_metric
@@ -392,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--lora-steps", type=int, default=300, help="steps of the base + LoRA methods")
     pe.add_argument(
         "--scratch-max-steps", type=int, default=2000, help="cap of scratch's run to its plateau"
+    )
+    pe.add_argument(
+        "--patience-steps", type=int, default=300, help="plateau: no --min-gain-db in this many"
+    )
+    pe.add_argument("--min-gain-db", type=float, default=0.2)
+    pe.add_argument(
+        "--lora-until-plateau",
+        action="store_true",
+        help="the base + LoRA methods stop at their plateau too (--lora-steps is their cap)",
     )
     pe.add_argument("--sweep-concepts", type=int, default=4, help="training concepts in the sweep")
     pe.add_argument("--sweep-steps", type=int, default=300)

@@ -41,6 +41,7 @@ class BenchConfig:
     scratch_max_steps: int = 2000  # scratch trains until its plateau, at most this many steps
     patience_steps: int = 300  # plateau: no gain of min_gain_db within this many steps
     min_gain_db: float = 0.2
+    lora_plateau: bool = False  # base + LoRA methods also stop at their plateau (lora_steps: cap)
     eval_every: int = 25  # after the dense early measurements (1, 2, 5, ... 50)
     sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
     sweep_concepts: int = 4  # training concepts, one from each of the first families
@@ -56,7 +57,14 @@ class BenchConfig:
     fid_weights: str | None = None  # local Inception weights (torch-fidelity format): adds FID
 
     def __post_init__(self):
-        for name in ("per_family", "lora_steps", "scratch_max_steps", "eval_every", "sample_steps"):
+        for name in (
+            "per_family",
+            "lora_steps",
+            "scratch_max_steps",
+            "eval_every",
+            "sample_steps",
+            "patience_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.sweep_concepts < 0 or self.workers < 1:
@@ -130,7 +138,7 @@ def concept_runs(
         scratch = m == "scratch"
         steps = cfg.scratch_max_steps if scratch else cfg.lora_steps
         plateau = None
-        if scratch:
+        if scratch or cfg.lora_plateau:
 
             def plateau(curve):
                 return plateaued(
