@@ -114,22 +114,15 @@ def concept_runs(
     """Fine-tune one concept from every initialisation in `inits` ({method: LoRA or None}).
     Returns {"runs": {method: {"curve", "offset_s", "lr", "steps"}}, "preview": {"input", "target",
     method: {"start", "end"}}} with preview images (3,H,W) in [0,1]."""
-    from weightgen.concepts import get_concept, make_pairs
+    from weightgen.concepts import get_concept
     from weightgen.eval.metrics import eval_schedule, plateaued
-    from weightgen.eval.newconcept import TRAIN_SEED, eval_pairs
-    from weightgen.gan.train import train_concept
+    from weightgen.eval.newconcept import TRAIN_SEED, eval_pairs, finetune, train_pairs
 
     if threads is not None and not torch.cuda.is_available():
         torch.set_num_threads(threads)  # every method timed under the same thread count
     concept = get_concept(concept_id)
     pairs = eval_pairs(concept, preset)
-    train = make_pairs(
-        concept,
-        preset.concept.n_train_pairs,
-        size=preset.gan.image_size,
-        seed=TRAIN_SEED,
-        split="collect",
-    )
+    train = train_pairs(concept, preset)  # built once, shared by every method
     ccfg = dataclasses.replace(preset.concept, eval_every=cfg.eval_every)
     # FID needs every evaluation output of every method at the end; otherwise `preview` images
     px = pairs[0] if cfg.fid_weights else pairs[0][:preview]
@@ -147,17 +140,17 @@ def concept_runs(
                     min_gain=cfg.min_gain_db,
                 )
 
-        r = train_concept(
-            method="scratch" if scratch else "lora",
-            gan_cfg=preset.gan,
-            lora_cfg=preset.lora,
-            cfg=ccfg,
+        r = finetune(
+            m,
+            preset=preset,
             base_state=base_state,
+            concept=concept,
             tokens=tokens,
             mask=mask,
-            train_pairs=train,
-            eval_pairs=pairs,
             init_lora=init,
+            pairs=pairs,
+            train=train,
+            cfg=ccfg,
             seed=TRAIN_SEED + cfg.seed,
             steps=steps,
             lr=lrs[m],
@@ -271,13 +264,14 @@ class _Context:
         return loras, seconds / len(texts)
 
 
-def step0_table(ctx: _Context, held: Sequence, gen: list[dict]) -> tuple[dict, dict]:
+def step0_table(ctx: _Context, held: Sequence, gen: list[dict], tb=None) -> tuple[dict, dict]:
     """{concept: {method: {"psnr", "ssim"}}} at step 0, and the nearest neighbour of each concept.
-    One base + LoRA model per concept, the LoRA swapped in place."""
+    One base + LoRA model per concept, the LoRA swapped in place. `tb`: the held-out texts'
+    TextBatch when the caller has it already."""
     from weightgen.eval.newconcept import eval_pairs
     from weightgen.gan import build_concept_model, evaluate, load_lora
 
-    tb = ctx.enc.encode([c.text for c in held])
+    tb = ctx.enc.encode([c.text for c in held]) if tb is None else tb
     g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state).eval()
     zero_b = _a_init(g)  # shared-seed A, B = 0: the base's own output
     step0, nearest_of = {}, {}
@@ -431,7 +425,8 @@ def run_benchmark(
     t0 = time.perf_counter()
     ctx.generate([held[0].text + " "], cfg.sample_steps)  # one uncached concept alone
     one_s = time.perf_counter() - t0
-    step0, nearest_of = step0_table(ctx, held, gen)
+    tb = ctx.enc.encode([c.text for c in held])
+    step0, nearest_of = step0_table(ctx, held, gen, tb)
 
     # 2. learning rates from training concepts
     if cfg.finetune:
@@ -443,7 +438,6 @@ def run_benchmark(
     # 3. fine-tunes
     chosen = select_concepts("heldout", cfg.per_family) if cfg.finetune else []
     chosen = [c for c in chosen if c in held][: cfg.concepts]
-    tb = ctx.enc.encode([c.text for c in held])
     jobs = []
     for c in chosen:
         i = held.index(c)

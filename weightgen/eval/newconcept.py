@@ -81,6 +81,17 @@ def eval_pairs(concept: Concept, preset: Preset, n: int | None = None):
     return make_pairs(concept, n, size=preset.gan.image_size, seed=EVAL_SEED, split="eval")
 
 
+def train_pairs(concept: Concept, preset: Preset):
+    """The concept's training pairs: the same images for every method."""
+    return make_pairs(
+        concept,
+        preset.concept.n_train_pairs,
+        size=preset.gan.image_size,
+        seed=TRAIN_SEED,
+        split="collect",
+    )
+
+
 def finetune(
     method: str,
     *,
@@ -93,28 +104,31 @@ def finetune(
     steps: int | None = None,
     lr: float | None = None,
     pairs=None,
+    train=None,
+    cfg=None,
+    seed: int = TRAIN_SEED,
+    **schedule,
 ):
-    """One method's fine-tune of one concept (same images, seed and schedule for every method)."""
+    """One method's fine-tune of one concept (same images, seed and schedule for every method).
+    `pairs` / `train`: evaluation / training pairs (default: the concept's); `cfg`: a
+    ConceptTrainConfig (default: the preset's); `schedule`: train_concept's eval_at, stop, preview."""
     if method not in TRAINED:
         raise ValueError(f"unknown method {method!r}; choose one of {TRAINED}")
-    cfg = preset.concept
-    train = make_pairs(
-        concept, cfg.n_train_pairs, size=preset.gan.image_size, seed=TRAIN_SEED, split="collect"
-    )
     return train_concept(
         method="scratch" if method == "scratch" else "lora",
         gan_cfg=preset.gan,
         lora_cfg=preset.lora,
-        cfg=cfg,
+        cfg=preset.concept if cfg is None else cfg,
         base_state=base_state,
         tokens=tokens,
         mask=mask,
-        train_pairs=train,
+        train_pairs=train if train is not None else train_pairs(concept, preset),
         eval_pairs=pairs if pairs is not None else eval_pairs(concept, preset),
         init_lora=init_lora,
-        seed=TRAIN_SEED,
+        seed=seed,
         steps=steps,
         lr=lr,
+        **schedule,
     )
 
 
