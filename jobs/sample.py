@@ -312,15 +312,10 @@ def _init_ray(workers: int):
     """(ray, True when this call started it): RAY_ADDRESS's cluster, else a local Ray."""
     import ray
 
-    if ray.is_initialized():
-        return ray, False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)  # ray.init reads RAY_ADDRESS itself
-    else:
-        ray.init(
-            num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
-    return ray, True
+    from cluster.collect import init_ray
+
+    started = not ray.is_initialized()
+    return init_ray(os.environ.get("RAY_ADDRESS"), workers), started
 
 
 def run_ray(args) -> dict:

@@ -183,14 +183,10 @@ def run_tasks(fn: Callable[..., dict], jobs: list[dict], *, workers: int, desc: 
         return [fn(**job) for job in tqdm(jobs, desc=desc, unit="concept")]
     import ray
 
+    from cluster.collect import init_ray
+
     started = not ray.is_initialized()
-    if started:
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
-            num_cpus=None if os.environ.get("RAY_ADDRESS") else workers,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+    init_ray(os.environ.get("RAY_ADDRESS"), workers)  # the cluster when named, else a local Ray
     try:
         shared = {}
         for k in ("base_state", "preset", "cfg"):
