@@ -56,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-workers", type=int, default=None, help="DataLoader worker processes per rank"
     )
+    p.add_argument(
+        "--paraphrases",
+        action="store_true",
+        default=None,
+        help="text augmentation: train on a random phrasing (text or paraphrase) of each concept",
+    )
+    p.add_argument(
+        "--last-t-frac",
+        type=float,
+        default=None,
+        help="share of samples trained at t = T-1, where one-step sampling starts (default 0.5)",
+    )
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -84,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             epoch_samples=args.epoch_samples,
             shuffle_buffer=args.shuffle_buffer,
             num_workers=args.num_workers,
+            paraphrases=args.paraphrases,
+            last_t_frac=args.last_t_frac,
         )
         summary = train_generator(
             args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress

@@ -77,6 +77,26 @@ def test_collect_without_base(capsys, tmp_path):
     _assert_one_line_error(rc, err, "no complete base generator", "weightgen base")
 
 
+def test_collect_with_a_base_of_another_architecture(capsys, tmp_path):
+    """A base saved before the tanh output has the same tensors but other semantics: refused."""
+    import json
+
+    from weightgen.config import get_preset
+    from weightgen.gan import E2GANGenerator, save_base
+
+    p = get_preset("tiny")
+    save_base(tmp_path / "base", E2GANGenerator(p.gan).state_dict(), p, {"steps": 0})
+    metrics = tmp_path / "base" / "metrics.json"
+    old = json.loads(metrics.read_text())
+    assert old["arch"] == "e2gan-tanh"
+    del old["arch"]
+    metrics.write_text(json.dumps(old))
+    rc, _, err = _run(
+        capsys, "collect", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "ds")
+    )
+    _assert_one_line_error(rc, err, "another generator architecture", "weightgen base --force")
+
+
 def test_collect_unknown_concept(capsys, tmp_path):
     from weightgen.config import get_preset
     from weightgen.gan import E2GANGenerator, save_base

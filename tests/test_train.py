@@ -26,10 +26,16 @@ SHAPES = [
 
 
 def make_synthetic_dataset(
-    root: Path, n: int = 48, block_size: int = 32, shapes=SHAPES, seed: int = 0
+    root: Path,
+    n: int = 48,
+    block_size: int = 32,
+    shapes=SHAPES,
+    seed: int = 0,
+    paraphrases: bool = False,
 ) -> BlockLayout:
     """A weight-set data set whose LoRAs are a linear function of the pooled text plus noise:
-    shards + manifest (ShardWriter), layout.json and stats.safetensors, as collection writes."""
+    shards + manifest (ShardWriter), layout.json and stats.safetensors, as collection writes.
+    `paraphrases`: sample i's meta.json lists i % 3 paraphrases (0, 1 or 2)."""
     root.mkdir(parents=True, exist_ok=True)
     layout = BlockLayout(shapes, block_size=block_size)
     rng = np.random.default_rng(seed)
@@ -55,6 +61,8 @@ def make_synthetic_dataset(
             k = int(rng.integers(3, TOKENS + 1))
             tokens[:k] = rng.normal(size=(k, TEXT_DIM))
             meta = {"text": f"concept {i}"}
+            if paraphrases:
+                meta["paraphrases"] = [f"edit number {i}, phrased way {j}" for j in range(i % 3)]
             w.write(WeightSample(f"c{i:04d}-s0", blocks, pooled, tokens=tokens, meta=meta))
             acc.update(blocks)
     (root / "layout.json").write_text(json.dumps(layout.to_dict()))
@@ -190,6 +198,47 @@ def test_resume_continues_the_same_trajectory(trained, tmp_path, dataset):
     with pytest.raises(TrainError, match="seed") as e:  # a resume that changes the data order
         train_generator(dataset, resumed, cfg(max_steps=40, seed=1), resume=True, progress=False)
     one_line(e)
+
+
+def test_paraphrase_augmentation(tmp_path):
+    from weightgen.errors import ConfigError
+    from weightgen.train.data import StepBatches, load_train_data
+
+    root = tmp_path / "para"
+    make_synthetic_dataset(root, n=24, paraphrases=True)
+    d = load_train_data(root, paraphrases=True)
+    alt = d.alt
+    assert alt.count.tolist() == [1 + i % 3 for i in range(24)]
+    # phrasing 0 is exactly the stored embedding; padding repeats it
+    assert torch.equal(alt.pooled[:, 0], d.pooled) and torch.equal(alt.tokens[:, 0], d.tokens)
+    assert torch.equal(alt.pooled[0, 2], d.pooled[0])
+    assert not torch.allclose(alt.pooled[2, 1], alt.pooled[2, 2])  # real, distinct encodings
+    seen = {i: set() for i in range(24)}
+    ds = StepBatches(d, 0, 1, 8, seed=0, start=0, stop=60)
+    for step in range(60):
+        x0, pooled, tokens, mask = ds[step]
+        idx = [int((d.x0 == r).flatten(1).all(1).nonzero()) for r in x0]
+        for k, i in enumerate(idx):
+            j = [p for p in range(3) if torch.equal(pooled[k], alt.pooled[i, p])]
+            assert j, "a phrasing that is not one of the sample's"
+            seen[i].add(j[0] if alt.count[i] > 1 else 0)
+            assert torch.equal(mask[k], alt.mask[i, j[0]])
+    assert all(seen[i] == set(range(1 + i % 3)) for i in range(24))  # every phrasing drawn
+    # a resumed run draws the same phrasings at the same step
+    later = StepBatches(d, 0, 1, 8, seed=0, start=17, stop=60)[0]
+    assert all(torch.equal(a, b) for a, b in zip(ds[17], later))
+    out = tmp_path / "gen"
+    s = train_generator(root, out, cfg(paraphrases=True, max_steps=6), progress=False)
+    assert s["steps"] == 6
+    assert json.loads((out / "config.json").read_text())["paraphrases"] is True
+
+    plain = tmp_path / "plain"
+    make_synthetic_dataset(plain, n=12)
+    with pytest.raises(TrainError, match="no sample has paraphrases") as e:
+        load_train_data(plain, paraphrases=True)
+    one_line(e)
+    with pytest.raises(ConfigError, match="in-memory"):
+        cfg(paraphrases=True, stream=True)
 
 
 def test_zero1_and_zero3_agree(dataset, tmp_path):

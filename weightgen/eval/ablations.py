@@ -9,6 +9,8 @@ OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   block128, block512      the same LoRAs cut into blocks of 128 / 512 values
   per-block               every block denoised alone (no attention across blocks)
   no-index                no block-index embedding
+  paraphrases             text augmentation: a random phrasing of each concept per step
+  no-paraphrases          the stored text only (the reverse, for a reference trained with them)
   concepts50/100/200      the generator trained on the first K training concepts only
 Every row is measured the same way: quality at step 0 (PSNR / SSIM, medians over every held-out
 concept) and how often it beats the nearest and the mean training LoRA.
@@ -32,6 +34,8 @@ TRAINING = {
     "block512": {"block_size": 512},
     "per-block": {"train": {"per_block": True}},
     "no-index": {"train": {"use_block_index": False}},
+    "paraphrases": {"train": {"paraphrases": True}},
+    "no-paraphrases": {"train": {"paraphrases": False}},
 }
 _CONCEPTS = re.compile(r"concepts(\d+)$")
 

@@ -44,7 +44,7 @@ class BenchConfig:
     lora_plateau: bool = False  # base + LoRA methods also stop at their plateau (lora_steps: cap)
     eval_every: int = 25  # after the dense early measurements (1, 2, 5, ... 50)
     sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
-    sweep_concepts: int = 4  # training concepts, one from each of the first families
+    sweep_concepts: int = 4  # training concepts, one from each of k evenly spread families
     sweep_steps: int = 300
     lrs: dict[str, float] = field(default_factory=dict)  # fixed rates: no sweep for these methods
     sample_steps: int = 1  # DDIM steps for `generated`
@@ -322,8 +322,11 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
             return cached
     if not methods or cfg.sweep_concepts == 0:
         return {"key": key, "best": {}, "table": {}}
-    # one training concept from each of the first families (never a held-out one)
-    picks = select_concepts("train", 1)[: cfg.sweep_concepts]
+    # one training concept from each of k families spread evenly over the catalogue's order
+    # (never a held-out one), so the rates are not tuned on the colour families alone
+    first = select_concepts("train", 1)
+    k = min(cfg.sweep_concepts, len(first))
+    picks = [first[(i * len(first)) // k] for i in range(k)]
     gen, _ = ctx.generate([c.text for c in picks], cfg.sample_steps)
     tb = ctx.enc.encode([c.text for c in picks])
     jobs = []

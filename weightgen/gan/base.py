@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from weightgen.config import Preset
 from weightgen.errors import WeightgenError
-from weightgen.gan.models import E2GANGenerator
+from weightgen.gan.models import E2GAN_ARCH, E2GANGenerator
 
 
 class BaseNotFoundError(WeightgenError):
@@ -30,7 +30,7 @@ def save_base(
     tmp.replace(path / "generator.safetensors")
     preset.save(path / "config.json")
     tmp = path / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.write_text(json.dumps({**metrics, "arch": E2GAN_ARCH}, indent=2) + "\n")
     tmp.replace(path / "metrics.json")
 
 
@@ -45,6 +45,13 @@ def load_base(path: str | Path) -> tuple[dict[str, torch.Tensor], Preset]:
         raise BaseNotFoundError(
             f"no complete base generator at {path}; run `weightgen base --preset tiny --out RUN` "
             f"(it writes RUN/base) or pass --base with such a folder"
+        )
+    arch = json.loads((path / "metrics.json").read_text()).get("arch")
+    if arch != E2GAN_ARCH:
+        raise BaseNotFoundError(
+            f"the base at {path} was trained for another generator architecture "
+            f"({arch or 'linear residual output, before e2gan-tanh'}; this version builds "
+            f"{E2GAN_ARCH}): retrain it with `weightgen base --force` and re-collect"
         )
     preset = Preset.load(path / "config.json")
     state = load_file(str(path / "generator.safetensors"))

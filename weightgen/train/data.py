@@ -37,6 +37,22 @@ class TrainError(WeightgenError):
 
 
 @dataclass
+class Phrasings:
+    """P phrasings per sample, padded by repeating the sample's own; `count` are real."""
+
+    pooled: Tensor  # (M, P, Dt) float32
+    tokens: Tensor  # (M, P, L, Dt) float32
+    mask: Tensor  # (M, P, L) bool
+    count: Tensor  # (M,) int64 in [1, P]
+
+    def pick(self, idx: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """One phrasing, uniform over the sample's real ones, for each of idx (b,)."""
+        u = torch.rand(idx.shape[0], generator=generator)  # (b,)
+        j = (u * self.count[idx]).long().clamp_max(self.pooled.shape[1] - 1)  # (b,)
+        return self.pooled[idx, j], self.tokens[idx, j], self.mask[idx, j]
+
+
+@dataclass
 class TrainData:
     uri: str
     layout: BlockLayout
@@ -51,6 +67,10 @@ class TrainData:
     text_model: str
     layout_bytes: bytes
     stats_bytes: bytes
+    # paraphrase augmentation (load_train_data(paraphrases=True)): every phrasing of each sample's
+    # concept; phrasing 0 is the stored embedding, the rest are meta.json's paraphrases encoded
+    # here. None: train on the stored text only.
+    alt: Phrasings | None = None
 
     @property
     def num_samples(self) -> int:
@@ -157,18 +177,60 @@ def open_stream_data(uri: str | os.PathLike) -> StreamData:
     )
 
 
-def load_train_data(uri: str | os.PathLike) -> TrainData:
-    """Read, verify and normalise a whole (small) data set; TrainError with one line on bad input."""
+def _phrasings(
+    metas: list[dict], pooled: Tensor, tok: Tensor, mask: Tensor, text_model: str, uri: str
+) -> Phrasings:
+    """Encode every sample's paraphrases (meta.json) with the data set's text encoder."""
+    from weightgen.text import get_encoder
+
+    extra = [[t for t in m.get("paraphrases") or [] if isinstance(t, str) and t] for m in metas]
+    if not any(extra):
+        raise TrainError(
+            f"data set {uri}: no sample has paraphrases in its meta.json; train without them"
+        )
+    if not pooled.shape[1] == tok.shape[2] or tok.shape[1] < 2:
+        raise TrainError(
+            f"data set {uri}: paraphrase augmentation needs the text token embeddings "
+            "(collected with text_tokens on)"
+        )
+    enc = get_encoder(text_model, tok.shape[1])
+    flat = [t for ts in extra for t in ts]
+    batch = enc.encode(flat)
+    if batch.pooled.shape[1] != pooled.shape[1]:
+        raise TrainError(
+            f"data set {uri}: text width {pooled.shape[1]} but {text_model} gives "
+            f"{batch.pooled.shape[1]}"
+        )
+    M, P = len(metas), 1 + max(len(ts) for ts in extra)
+    out_p = pooled[:, None].repeat(1, P, 1)  # (M, P, Dt)
+    out_t = tok[:, None].repeat(1, P, 1, 1)  # (M, P, L, Dt)
+    out_m = mask[:, None].repeat(1, P, 1)  # (M, P, L)
+    count = torch.ones(M, dtype=torch.long)
+    k = 0
+    for i, ts in enumerate(extra):
+        for j in range(len(ts)):
+            out_p[i, 1 + j] = batch.pooled[k]
+            out_t[i, 1 + j] = batch.tokens[k] * batch.mask[k, :, None]
+            out_m[i, 1 + j] = batch.mask[k]
+            k += 1
+        count[i] = 1 + len(ts)
+    return Phrasings(out_p, out_t, out_m, count)
+
+
+def load_train_data(uri: str | os.PathLike, *, paraphrases: bool = False) -> TrainData:
+    """Read, verify and normalise a whole (small) data set; TrainError with one line on bad input.
+    `paraphrases`: also encode each concept's paraphrases (TrainData.alt) for text augmentation."""
     uri = str(uri)
     st, manifest, layout, stats, layout_bytes, stats_bytes = _open_dataset(uri)
 
-    keys, blocks, pooled, tokens = [], [], [], []
+    keys, blocks, pooled, tokens, metas = [], [], [], [], []
     try:
         for s in iter_samples(st, expected_layout_hash=layout.hash, verify=True):
             keys.append(s.key)
             blocks.append(s.blocks)
             pooled.append(s.text.astype(np.float32, copy=False))
             tokens.append(None if s.tokens is None else s.tokens.astype(np.float32))
+            metas.append(s.meta)
     except DatasetError as e:
         raise TrainError(f"cannot train on {uri}: {str(e).splitlines()[0]}") from None
     if not keys:
@@ -194,6 +256,14 @@ def load_train_data(uri: str | os.PathLike) -> TrainData:
 
     flat = blocks_to_flat(torch.from_numpy(np.stack(blocks)), layout)  # (M, P)
     x0 = normalize(flat, layout, stats.mean, stats.std)  # (M, N, S)
+    if paraphrases and not has_tokens:
+        raise TrainError(
+            f"data set {uri}: paraphrase augmentation needs the text token embeddings "
+            "(collected with text_tokens on)"
+        )
+    alt = (
+        _phrasings(metas, pooled_t, tok, mask, _text_model(manifest), uri) if paraphrases else None
+    )
     return TrainData(
         uri=st.uri,
         layout=layout,
@@ -208,6 +278,7 @@ def load_train_data(uri: str | os.PathLike) -> TrainData:
         text_model=_text_model(manifest),
         layout_bytes=layout_bytes,
         stats_bytes=stats_bytes,
+        alt=alt,
     )
 
 
@@ -234,7 +305,9 @@ def batch_positions(n: int, batch: int, step: int, seed: int) -> Tensor:
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Item i = the batch of step `start + i` on this rank: (x0, pooled, tokens, mask)."""
+    """Item i = the batch of step `start + i` on this rank: (x0, pooled, tokens, mask). With
+    data.alt, each sample's phrasing is drawn from a generator seeded by (seed, step), so a
+    resumed run sees the same texts as an uninterrupted one."""
 
     def __init__(
         self, data: TrainData, rank: int, world: int, batch: int, seed: int, start: int, stop: int
@@ -249,4 +322,7 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         idx = self.shard[batch_positions(len(self.shard), self.batch, self.start + i, self.seed)]
         d = self.data
+        if d.alt is not None:
+            g = torch.Generator().manual_seed((1 << 40) + self.seed * 1_000_003 + self.start + i)
+            return (d.x0[idx], *d.alt.pick(idx, g))
         return d.x0[idx], d.pooled[idx], d.tokens[idx], d.mask[idx]  # (b,N,S) (b,Dt) (b,L,Dt) (b,L)

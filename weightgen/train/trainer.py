@@ -104,8 +104,15 @@ class TrainConfig:
     threads: int | None = None  # CPU intra-op threads per rank (None: torch's default); 1 on a
     # shared or oversubscribed CPU, where more threads can be ~10x slower
     gradient_checkpointing: bool = False
+    # text augmentation: each step trains on a random phrasing of the concept (its text or one of
+    # its paraphrases from meta.json, encoded at load time); in-memory data sets only
+    paraphrases: bool = False
 
     def __post_init__(self):
+        if self.paraphrases and self.stream:
+            raise ConfigError(
+                "paraphrases works on the in-memory data set only; drop --stream or --paraphrases"
+            )
         if self.size not in SIZES:
             raise ConfigError(
                 f"unknown model size {self.size!r}; choose one of: {', '.join(SIZES)}"
@@ -348,7 +355,11 @@ def train_generator(
     cfg = cfg or TrainConfig()
     out = Path(out_dir)
     # TrainError on a missing / empty / foreign data set
-    data = open_stream_data(data_uri) if cfg.stream else load_train_data(data_uri)
+    data = (
+        open_stream_data(data_uri)
+        if cfg.stream
+        else load_train_data(data_uri, paraphrases=cfg.paraphrases)
+    )
     rank, world, device = init_distributed()
     import deepspeed  # after init_distributed chose the accelerator
 
