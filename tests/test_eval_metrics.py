@@ -26,7 +26,11 @@ def test_time_to_target_first_crossing():
 
 def test_never_reaching_is_none_not_a_number():
     assert time_to_target(CURVE, 30.0) == (None, None)
-    assert median_or_none([1.0, None, 3.0]) is None
+    assert median_or_none([1.0, None, 3.0]) == 3.0  # "never" sorts last, not dropped
+    assert median_or_none([1.0, None, None]) is None  # the median concept never got there
+    assert median_or_none([1.0, 2.0, None, None]) is None  # mean of 2.0 and never
+    assert median_or_none([1.0, 2.0, 4.0, None]) == 3.0
+    assert median_or_none([]) is None
     assert median_or_none([1.0, 2.0, 4.0]) == 2.0
 
 

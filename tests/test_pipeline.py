@@ -223,6 +223,15 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
     md = (out / "report.md").read_text()
     for needle in ("Paper and ours side by side", "One-off cost", "| block128 |", "sweep"):
         assert needle in md
+    # re-rendering from report.json alone gives the same figures and every section back
+    from weightgen.eval.benchmark import render_report
+
+    (out / "report.md").unlink()
+    again = render_report(out)
+    assert again["summary"]["speedup"] == rep["speedup"]
+    assert again["payback"] == rep["payback"] and again["ablations"] == rep["ablations"]
+    md2 = (out / "report.md").read_text()
+    assert md2 == md
 
 
 def test_derived_dataset_recut_is_exact(run, tmp_path):

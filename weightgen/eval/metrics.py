@@ -24,11 +24,13 @@ def time_to_target(
 
 
 def median_or_none(values: Iterable[float | None]) -> float | None:
-    """Median over concepts; None when any concept never got there (a lower bound is not a number)."""
-    vals = list(values)
-    if not vals or any(v is None or not math.isfinite(v) for v in vals):
+    """Median over concepts, a concept that never got there (None) counting as infinitely slow;
+    None when that median is itself "never" (half of the concepts or more never got there)."""
+    vals = [math.inf if v is None else float(v) for v in values]
+    if not vals:
         return None
-    return statistics.median(vals)
+    m = statistics.median(vals)
+    return m if math.isfinite(m) else None
 
 
 def median(values: Iterable[float]) -> float | None:
