@@ -231,6 +231,9 @@ def test_paraphrase_augmentation(tmp_path):
     s = train_generator(root, out, cfg(paraphrases=True, max_steps=6), progress=False)
     assert s["steps"] == 6
     assert json.loads((out / "config.json").read_text())["paraphrases"] is True
+    with pytest.raises(TrainError, match="paraphrases") as e:  # the texts would change
+        train_generator(root, out, cfg(max_steps=8), resume=True, progress=False)
+    one_line(e)
 
     plain = tmp_path / "plain"
     make_synthetic_dataset(plain, n=12)

@@ -188,11 +188,6 @@ def _phrasings(
         raise TrainError(
             f"data set {uri}: no sample has paraphrases in its meta.json; train without them"
         )
-    if not pooled.shape[1] == tok.shape[2] or tok.shape[1] < 2:
-        raise TrainError(
-            f"data set {uri}: paraphrase augmentation needs the text token embeddings "
-            "(collected with text_tokens on)"
-        )
     enc = get_encoder(text_model, tok.shape[1])
     flat = [t for ts in extra for t in ts]
     batch = enc.encode(flat)

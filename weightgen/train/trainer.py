@@ -68,6 +68,7 @@ LOG_FILE = "train_log.jsonl"
 # config values that fix the model or the data order: a resumed run must keep them
 _RESUME_FIXED = (
     "size", "per_block", "use_block_index", "model_overrides", "batch_size", "seed", "stream",
+    "paraphrases",
 )  # fmt: skip
 # ... and, when streaming, these too (the DataLoader workers set the number of stream parts)
 _RESUME_FIXED_STREAM = ("epoch_samples", "shuffle_buffer", "num_workers")
