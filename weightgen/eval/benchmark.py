@@ -597,8 +597,7 @@ def render_report(out: str | Path, title: str = "weightgen held-out benchmark (t
     for m_, v in old.get("methods", {}).items():  # FID is not recomputed
         if "fid_final" in v and m_ in summary["methods"]:
             summary["methods"][m_]["fid_final"] = v["fid_final"]
-    keep = ("speedup", "per_concept", "step0", "methods")
-    extra = {k: v for k, v in old.items() if k not in keep}
+    extra = {k: v for k, v in old.items() if k not in summary}  # the rest came from the run
     extra["payback"] = payback(summary["methods"], extra["one_off_cost"])
     extra["headline"]["paid back after (new concepts)"] = _payback_line(extra["payback"])
     write_report(out, summary, runs=runs, extra=extra, title=title)

@@ -205,7 +205,7 @@ def _phrasings(
     for i, ts in enumerate(extra):
         for j in range(len(ts)):
             out_p[i, 1 + j] = batch.pooled[k]
-            out_t[i, 1 + j] = batch.tokens[k] * batch.mask[k, :, None]
+            out_t[i, 1 + j] = batch.tokens[k]  # the encoder zeroes tokens past the mask
             out_m[i, 1 + j] = batch.mask[k]
             k += 1
         count[i] = 1 + len(ts)
