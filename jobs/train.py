@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="share of samples trained at t = T-1, where one-step sampling starts (default 0.5)",
     )
+    p.add_argument(
+        "--loss-weight",
+        choices=["uniform", "sensitivity"],
+        default=None,
+        help="x0-loss weight per value: uniform, or by how much each value moves the image "
+        "(needs `weightgen sensitivity` on the data set first)",
+    )
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.num_workers,
             paraphrases=args.paraphrases,
             last_t_frac=args.last_t_frac,
+            loss_weight=args.loss_weight,
         )
         summary = train_generator(
             args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress

@@ -39,9 +39,12 @@ def run(tmp_path_factory):
         assert main(argv + sum((["--concept", i] for i in IDS), [])) == 0
     finally:
         ray.shutdown()
+    argv = ["--base", str(root / "base"), "--data", str(root / "dataset")]
+    assert main(["sensitivity", *argv, "--samples", "3", "--images", "2", "--probes", "2"]) == 0
     rc = main(
         ["train", "--data", str(root / "dataset"), "--out", str(root / "generator"), "--max-steps", "8",
-         "--batch-size", "4", "--threads", "1", "--no-progress", "--ckpt-every", "4"]
+         "--batch-size", "4", "--threads", "1", "--no-progress", "--ckpt-every", "4",
+         "--loss-weight", "sensitivity"]
     )  # fmt: skip
     assert rc == 0
     return root
@@ -169,6 +172,12 @@ def test_bad_inputs_one_line(run, tmp_path, capsys):
         ]
     )
     _one_line_error(capsys, rc, "layout mismatch between generator and base")
+    rc = main(["sensitivity", "--base", str(other), "--data", str(run / "dataset")])
+    _one_line_error(capsys, rc, "does not fit the data set")
+    rc = main(["sensitivity", "--base", str(run / "base"), "--data", str(tmp_path / "nope")])
+    _one_line_error(capsys, rc, "no manifest")
+    rc = main(["sensitivity", "--base", str(run / "base"), "--data", gen, "--probes", "0"])
+    _one_line_error(capsys, rc, "--probes must be >= 1")
     assert not (tmp_path / "a.safetensors").exists()
     rc = main(["finetune", "--concept", "nope", "--run", str(run), "--out", str(tmp_path / "f")])
     _one_line_error(capsys, rc, "unknown concept 'nope'")
@@ -251,6 +260,20 @@ def test_derived_dataset_recut_is_exact(run, tmp_path):
         a = ba[list(ka).index(k)]
         la, lb = old.from_blocks(torch.from_numpy(a)), new.from_blocks(torch.from_numpy(b))
         assert all(torch.equal(la[n], lb[n]) for n in la)
+    # the sensitivity (written by `weightgen sensitivity` in the fixture) is re-cut value for value
+    from weightgen.blocks import BlockStats
+    from weightgen.train.data import load_loss_weights
+
+    sa = load_file(str(run / "dataset" / "sensitivity.safetensors"))["sensitivity"]
+    sb = load_file(str(tmp_path / "d" / "sensitivity.safetensors"))["sensitivity"]
+    ea, eb = old.from_blocks(sa), new.from_blocks(sb)
+    assert all(torch.equal(ea[n], eb[n]) for n in ea) and sb.shape[1] == 128
+    w = load_loss_weights(
+        str(tmp_path / "d"), new, BlockStats.load(tmp_path / "d" / "stats.safetensors")
+    )
+    assert w.shape == (new.num_blocks, 128) and w[new.valid_mask()].mean().item() == pytest.approx(
+        1.0
+    )
 
 
 @pytest.mark.slow

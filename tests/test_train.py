@@ -340,3 +340,54 @@ def test_real_text_encoder_end_to_end(trained):
     with pytest.raises(WeightgenError) as e:  # empty concept text
         generate_lora(out, [""])
     one_line(e)
+
+
+def _write_sensitivity(root: Path, sens: torch.Tensor, layout_hash: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file(
+        {"sensitivity": sens.contiguous()},
+        str(root / "sensitivity.safetensors"),
+        metadata={"layout_hash": layout_hash, "samples": "1", "probes": "1"},
+    )
+
+
+def test_sensitivity_loss_weight(dataset, tmp_path):
+    """--loss-weight sensitivity: a missing or foreign file is a one-line error naming the fix;
+    a sensitivity of 1/std^2 (every weight 1) trains exactly like uniform; a skewed one
+    trains differently and the weighting is recorded in the run's config."""
+    from weightgen.blocks import BlockStats
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    with pytest.raises(TrainError, match="weightgen sensitivity") as e:
+        train_generator(ds, tmp_path / "o0", cfg(loss_weight="sensitivity"), progress=False)
+    one_line(e)
+    layout = BlockLayout.from_dict(json.loads((ds / "layout.json").read_text()))
+    stats = BlockStats.load(ds / "stats.safetensors")
+    _write_sensitivity(ds, 1.0 / stats.std**2, "0" * 64)
+    with pytest.raises(TrainError, match="another layout") as e:
+        train_generator(ds, tmp_path / "o0", cfg(loss_weight="sensitivity"), progress=False)
+    one_line(e)
+
+    _write_sensitivity(ds, 1.0 / stats.std**2, layout.hash)
+    short = dict(max_steps=6, log_every=1)
+    uni = train_generator(ds, tmp_path / "u", cfg(**short), progress=False)
+    same = train_generator(
+        ds, tmp_path / "s", cfg(loss_weight="sensitivity", **short), progress=False
+    )
+    assert [r["loss"] for r in log_rows(tmp_path / "u")] == pytest.approx(
+        [r["loss"] for r in log_rows(tmp_path / "s")], rel=1e-5
+    )
+    assert uni["steps"] == same["steps"] == 6
+    skew = torch.ones(layout.num_blocks, layout.block_size)
+    skew[0] = 1e3  # block 0 dominates the loss
+    _write_sensitivity(ds, skew / stats.std**2, layout.hash)
+    train_generator(ds, tmp_path / "k", cfg(loss_weight="sensitivity", **short), progress=False)
+    assert [r["loss"] for r in log_rows(tmp_path / "k")] != pytest.approx(
+        [r["loss"] for r in log_rows(tmp_path / "u")], rel=1e-3
+    )
+    saved = json.loads((tmp_path / "k" / "config.json").read_text())
+    assert saved["loss_weight"] == "sensitivity"
+    with pytest.raises(WeightgenError, match="loss_weight must be one of"):
+        cfg(loss_weight="fisher")

@@ -178,6 +178,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_sensitivity(args) -> int:
+    from weightgen.errors import ConfigError
+    from weightgen.gan.sensitivity import dataset_sensitivity
+
+    for name in ("samples", "images", "probes"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    s = dataset_sensitivity(
+        args.base, args.data, samples=args.samples, images=args.images, probes=args.probes
+    )
+    print(f"sensitivity of {s['samples']} LoRAs ({s['probes']} probes) -> {args.data}/{s['file']}")
+    print("largest mean loss weights: " + ", ".join(f"{k} {v:.1f}" for k, v in s["top_weights"]))
+    return 0
+
+
 def cmd_train(args) -> int:
     from jobs.train import main as train_main
 
@@ -374,6 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--finetune", type=int, default=6, help="held-out concepts to fine-tune")
     pd.add_argument("--train-steps", type=int, default=None, help="generator training steps")
     pd.set_defaults(func=cmd_demo)
+
+    pz = sub.add_parser(
+        "sensitivity",
+        help="measure how much each LoRA value moves the image (for train --loss-weight "
+        "sensitivity); writes DATA/sensitivity.safetensors",
+    )
+    pz.add_argument("--base", required=True, help="the base folder the data set was collected on")
+    pz.add_argument("--data", required=True, help="dataset URI: folder, file://..., s3://...")
+    pz.add_argument("--samples", type=int, default=60, help="LoRAs to measure (evenly spaced)")
+    pz.add_argument("--images", type=int, default=8, help="photo crops per LoRA")
+    pz.add_argument("--probes", type=int, default=4, help="random output projections per LoRA")
+    pz.set_defaults(func=cmd_sensitivity)
 
     pt = sub.add_parser(
         "train",

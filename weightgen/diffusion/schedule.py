@@ -60,8 +60,12 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     cond_drop_prob: float | None = None,
     last_t_frac: float = 0.0,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """x0 (B, N, S) normalised clean blocks, valid (N, S) bool -> scalar MSE over valid entries.
+
+    `weight` (N, S), mean 1 over valid entries and 0 on padding, weighs each value's squared
+    error (e.g. weightgen.gan.sensitivity.loss_weights); None: every valid value counts once.
 
     t ~ U{0..T-1}, noise ~ N(0, I), text dropped with probability `cond_drop_prob` (default: the
     model's config value), all drawn from `generator` (so a step's randomness is reproducible).
@@ -86,5 +90,6 @@ def diffusion_loss(
     x0 = x0.to(torch.float32) * v  # (B, N, S) padding -> 0
     xt = scheduler.add_noise(x0, noise, t) * v  # (B, N, S)
     pred = model(xt, t, text_pooled, text_tokens, text_mask, drop_text=drop)  # (B, N, S)
-    err = (pred.to(torch.float32) - x0) ** 2 * v  # (B, N, S)
+    w = v if weight is None else weight.to(device=dev, dtype=torch.float32) * v  # (N, S)
+    err = (pred.to(torch.float32) - x0) ** 2 * w  # (B, N, S)
     return err.sum() / (v.sum() * B)

@@ -11,6 +11,8 @@ OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   no-index                no block-index embedding
   paraphrases             text augmentation: a random phrasing of each concept per step
   no-paraphrases          the stored text only (the reverse, for a reference trained with them)
+  uniform-loss            every normalised LoRA value weighs the same in the x0 loss
+  sensitivity-loss        values weighted by how much they move the image (the reverse)
   concepts50/100/200      the generator trained on the first K training concepts only
 Every row is measured the same way: quality at step 0 (PSNR / SSIM, medians over every held-out
 concept) and how often it beats the nearest and the mean training LoRA.
@@ -36,6 +38,8 @@ TRAINING = {
     "no-index": {"train": {"use_block_index": False}},
     "paraphrases": {"train": {"paraphrases": True}},
     "no-paraphrases": {"train": {"paraphrases": False}},
+    "uniform-loss": {"train": {"loss_weight": "uniform"}},
+    "sensitivity-loss": {"train": {"loss_weight": "sensitivity"}},
 }
 _CONCEPTS = re.compile(r"concepts(\d+)$")
 
@@ -94,11 +98,28 @@ def derive_dataset(
             meta = dict(s.meta, layout_hash=new.hash)
             w.write(WeightSample(s.key, blocks, s.text, s.tokens, meta))
         (dst / "layout.json").write_text(json.dumps(new.to_dict()))
+        _recut_sensitivity(st, old, new, dst)
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / "stats.safetensors"
             acc.finalize().save(p)
             (dst / "stats.safetensors").write_bytes(p.read_bytes())
     return {"samples": len(keep), "concepts": len(seen), "block_size": new.block_size}
+
+
+def _recut_sensitivity(st, old, new, dst: Path) -> None:
+    """The source's sensitivity.safetensors (per LoRA value) cut into the new layout's blocks;
+    nothing when the source has none. Measured on all the source's samples, it stays an estimate
+    for a subset of them."""
+    from safetensors.torch import load, save
+
+    from weightgen.gan.sensitivity import SENSITIVITY_FILE
+
+    if not st.exists(SENSITIVITY_FILE):
+        return
+    raw = load(st.read_bytes(SENSITIVITY_FILE))["sensitivity"]  # (N_old, S_old)
+    blocks = new.to_blocks(old.from_blocks(raw)).contiguous()  # (N_new, S_new)
+    meta = {"layout_hash": new.hash, "recut_from": old.hash}
+    (dst / SENSITIVITY_FILE).write_bytes(bytes(save({"sensitivity": blocks}, metadata=meta)))
 
 
 def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) -> Path:

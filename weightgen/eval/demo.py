@@ -71,8 +71,16 @@ def run_demo(
     else:
         _stage(3, 4, "generator: training the block diffusion transformer (DeepSpeed, one process)")
         # one intra-op thread on CPU: on 2 shared cores more threads fight (measured ~10x slower)
+        from weightgen.gan.sensitivity import SENSITIVITY_FILE, dataset_sensitivity
+
+        if not (dataset / SENSITIVITY_FILE).is_file():
+            # the x0 loss weighs each value by how much it moves the image (TrainConfig)
+            dataset_sensitivity(str(base), str(dataset))
         cfg = train_config(
-            "tiny", max_steps=train_steps, threads=None if torch.cuda.is_available() else 1
+            "tiny",
+            max_steps=train_steps,
+            threads=None if torch.cuda.is_available() else 1,
+            loss_weight="sensitivity",
         )
         resume = (gen_dir / "checkpoints").is_dir()
         t0 = time.perf_counter()

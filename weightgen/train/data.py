@@ -277,6 +277,42 @@ def load_train_data(uri: str | os.PathLike, *, paraphrases: bool = False) -> Tra
     )
 
 
+def load_loss_weights(uri: str | os.PathLike, layout: BlockLayout, stats: BlockStats) -> Tensor:
+    """(N, S) x0-loss weights from the data set's sensitivity.safetensors (written by
+    `weightgen sensitivity`): weightgen.gan.sensitivity.loss_weights of it. TrainError when the
+    file is missing or belongs to another layout."""
+    from safetensors.torch import load
+
+    from weightgen.gan.sensitivity import SENSITIVITY_FILE, loss_weights
+
+    uri = str(uri)
+    try:
+        raw = open_storage(uri).read_bytes(SENSITIVITY_FILE)
+    except KeyNotFoundError:
+        raise TrainError(
+            f"data set {uri} has no {SENSITIVITY_FILE}: run `weightgen sensitivity --base BASE "
+            f"--data {uri}` first, or train with --loss-weight uniform"
+        ) from None
+    with tempfile.TemporaryDirectory() as tmp:  # the metadata needs safe_open on a file
+        from safetensors import safe_open
+
+        path = Path(tmp) / SENSITIVITY_FILE
+        path.write_bytes(raw)
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    sens = load(raw).get("sensitivity")
+    want = (layout.num_blocks, layout.block_size)
+    if meta.get("layout_hash") != layout.hash or sens is None or tuple(sens.shape) != want:
+        raise TrainError(
+            f"data set {uri}: {SENSITIVITY_FILE} was measured for another layout; "
+            "run `weightgen sensitivity` again"
+        )
+    try:
+        return loss_weights(sens, stats.std, layout.valid_mask())
+    except ValueError as e:
+        raise TrainError(f"data set {uri}: {SENSITIVITY_FILE} unusable ({e})") from None
+
+
 def rank_shard(num_samples: int, rank: int, world: int) -> Tensor:
     """(M_r,) int64: the samples rank `rank` trains on (every world-th, starting at rank)."""
     if num_samples < world:
