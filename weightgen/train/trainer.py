@@ -66,8 +66,8 @@ log = logging.getLogger(__name__)
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 LOG_FILE = "train_log.jsonl"
+LOSS_WEIGHTS = ("uniform", "sensitivity")  # TrainConfig.loss_weight
 # config values that fix the model or the data order: a resumed run must keep them
-LOSS_WEIGHTS = ("uniform", "sensitivity")
 _RESUME_FIXED = (
     "size", "per_block", "use_block_index", "model_overrides", "batch_size", "seed", "stream",
     "paraphrases", "loss_weight",
