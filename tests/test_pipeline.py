@@ -225,6 +225,11 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
         assert [p["step"] for p in methods["generated"]["curve"]] == [0, 1, 2, 4]
         assert methods["generated"]["offset_s"] > 0  # sampling time is counted
     assert set(rep["ablations"]) == {"reference", "ddim10", "block128", "empty-text"}
+    # the generator trained with --loss-weight sensitivity: its measurement is a one-off cost
+    cost = rep["one_off_cost"]
+    assert cost["sensitivity_s"] > 0
+    parts = ("base_s", "collection_s", "sensitivity_s", "generator_s")
+    assert cost["total_s"] == pytest.approx(sum(cost[k] or 0 for k in parts))
     assert (out / "ablations" / "block128" / "generator" / "generator.json").is_file()
     for png in ("curves.png", "step0.png", "grid.png", "speedup.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"

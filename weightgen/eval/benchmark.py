@@ -374,7 +374,8 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
 
 def one_off_cost(run: Path, bundle_meta: dict) -> dict:
     """Seconds spent once: base pre-training + collection (sum of per-concept training times of the
-    accepted concepts, so cluster width does not flatter it) + generator training."""
+    accepted concepts, so cluster width does not flatter it) + the sensitivity measurement when the
+    generator's loss used it + generator training."""
     from weightgen.data import iter_samples
 
     base = json.loads((run / "base" / "metrics.json").read_text()).get("seconds")
@@ -388,11 +389,17 @@ def one_off_cost(run: Path, bundle_meta: dict) -> dict:
     if gen is not None and summ.get("resumed_from"):  # a resumed run timed its own steps only
         done = summ.get("steps", 0) - summ["resumed_from"]
         gen = gen * summ["steps"] / done if done > 0 else None
-    total = sum(v for v in (base, collect, gen) if v is not None)
+    sens = None
+    if (bundle_meta.get("train_config") or {}).get("loss_weight") == "sensitivity":
+        from weightgen.gan.sensitivity import sensitivity_seconds
+
+        sens = sensitivity_seconds(str(run / "dataset"))
+    total = sum(v for v in (base, collect, sens, gen) if v is not None)
     return {
         "base_s": base,
         "collection_s": collect,
         "collection_concepts": n,
+        "sensitivity_s": sens,
         "generator_s": gen,
         "total_s": total,
     }
@@ -634,7 +641,9 @@ def _append_sections(md: Path, extra: dict) -> None:
         "## One-off cost and payback",
         "",
         f"- base pre-training {cost['base_s'] or 0:.0f} s, collection {cost['collection_s']:.0f} s "
-        f"(sum of {cost['collection_concepts']} concept trainings), generator "
+        f"(sum of {cost['collection_concepts']} concept trainings), "
+        + (f"sensitivity {cost['sensitivity_s']:.0f} s, " if cost.get("sensitivity_s") else "")
+        + "generator "
         f"{cost['generator_s'] or 0:.0f} s: **{cost['total_s']:.0f} s** in all",
     ]
     for ref, v in pay.items():

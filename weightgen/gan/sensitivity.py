@@ -15,6 +15,7 @@ change the image.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import torch
@@ -125,6 +126,7 @@ def dataset_sensitivity(
             f"the base {base_dir} does not fit the data set {data_uri} ({e}); "
             "pass the base the data set was collected on"
         ) from None
+    t0 = time.perf_counter()
     M = data.num_samples
     pick = sorted({(i * M) // min(samples, M) for i in range(min(samples, M))})
     size = preset.gan.image_size
@@ -137,12 +139,34 @@ def dataset_sensitivity(
 
     sens = lora_sensitivity(base_state, preset, rows(), probes=probes, seed=seed)
     blocks = layout.to_blocks(sens).contiguous()  # (N, S)
-    buf = save(
-        {"sensitivity": blocks},
-        metadata={"layout_hash": layout.hash, "samples": str(len(pick)), "probes": str(probes)},
-    )
+    seconds = time.perf_counter() - t0
+    meta = {"layout_hash": layout.hash, "samples": str(len(pick)), "probes": str(probes)}
+    buf = save({"sensitivity": blocks}, metadata={**meta, "seconds": f"{seconds:.3f}"})
     open_storage(data_uri).write_bytes(SENSITIVITY_FILE, bytes(buf))
     w = loss_weights(blocks, stats.std, layout.valid_mask())
     per_tensor = {k: float(v.mean()) for k, v in layout.from_blocks(w).items()}
     top = sorted(per_tensor.items(), key=lambda kv: -kv[1])[:5]
-    return {"samples": len(pick), "probes": probes, "file": SENSITIVITY_FILE, "top_weights": top}
+    return {
+        "samples": len(pick),
+        "probes": probes,
+        "seconds": seconds,
+        "file": SENSITIVITY_FILE,
+        "top_weights": top,
+    }
+
+
+def sensitivity_seconds(data_uri: str) -> float | None:
+    """The measuring time recorded in a data set's sensitivity.safetensors (None: no file or
+    no record)."""
+    import json
+    import struct
+
+    from weightgen.data import open_storage
+
+    st = open_storage(data_uri)
+    if not st.exists(SENSITIVITY_FILE):
+        return None
+    raw = st.read_bytes(SENSITIVITY_FILE)
+    n = struct.unpack("<Q", raw[:8])[0]  # safetensors: u64 header length, then the JSON header
+    meta = json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
+    return float(meta["seconds"]) if "seconds" in meta else None
