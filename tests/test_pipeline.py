@@ -283,17 +283,25 @@ def test_derived_dataset_recut_is_exact(run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path):
-    """`weightgen demo` on a run whose base, data set and generator are done: only the
-    evaluation stage runs, and it writes the report `make run` promises."""
+def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys):
+    """`weightgen demo` on a run whose base and data set are done: the base and collection are
+    reused; the generator stage measures the sensitivity and trains with it; the evaluation
+    writes the report `make run` promises."""
     import shutil
 
     from weightgen.eval.demo import run_demo
 
     demo = tmp_path / "demo"
-    for part in ("base", "dataset", "generator"):
+    for part in ("base", "dataset"):
         shutil.copytree(run / part, demo / part)
-    result = run_demo(demo, _preset(), finetune_concepts=1)
+    (demo / "dataset" / "sensitivity.safetensors").unlink()
+    result = run_demo(demo, _preset(), finetune_concepts=1, train_steps=4)
+    out = capsys.readouterr().out
+    assert "base: reusing" in out and "dataset: reusing" in out
+    assert (demo / "dataset" / "sensitivity.safetensors").is_file()
+    meta = json.loads((demo / "generator" / "generator.json").read_text())
+    assert meta["train_config"]["loss_weight"] == "sensitivity"
+    assert meta["train_config"]["max_steps"] == 4
     rep = json.loads((demo / "report" / "report.json").read_text())
     assert len(rep["runs"]) == 1 and len(rep["step0"]) == len(concepts_heldout())
     assert result["summary"]["methods"]["generated"]["psnr_step0"] is not None
