@@ -544,8 +544,9 @@ def run_benchmark(
                 f"{k} {v:g}" for k, v in lrs.items()
             ),
             "one-off cost": f"{cost['total_s']:.0f} s (base {cost['base_s'] or 0:.0f}, collection "
-            f"{cost['collection_s']:.0f} over {cost['collection_concepts']} concepts, generator "
-            f"{cost['generator_s'] or 0:.0f})",
+            f"{cost['collection_s']:.0f} over {cost['collection_concepts']} concepts, "
+            + (f"sensitivity {cost['sensitivity_s']:.0f}, " if cost.get("sensitivity_s") else "")
+            + f"generator {cost['generator_s'] or 0:.0f})",
             "paid back after (new concepts)": _payback_line(saved),
             **(
                 {
