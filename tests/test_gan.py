@@ -161,6 +161,21 @@ def test_fused_lora_forward_matches_peft():
         assert (ga - gr).abs().max() <= 1e-4 * gr.abs().max(), name
 
 
+def test_fused_model_copies_use_their_own_weights():
+    import copy
+
+    torch.manual_seed(0)
+    g = attach_lora(E2GANGenerator(CFG), LoRAConfig())
+    load_lora(g, {k: 0.1 * torch.randn_like(v) for k, v in lora_state_dict(g).items()})
+    twin = copy.deepcopy(g)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    t, m = _text(1)
+    before = g(x, t, m)
+    load_lora(twin, {k: torch.zeros_like(v) for k, v in lora_state_dict(twin).items()})
+    assert torch.equal(g(x, t, m), before)  # the original is untouched by the copy's weights
+    assert not torch.allclose(twin(x, t, m), before)
+
+
 def test_fuse_refuses_layers_it_cannot_merge():
     from peft import LoraConfig as PeftConfig
     from peft import inject_adapter_in_model

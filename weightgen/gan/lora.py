@@ -41,31 +41,27 @@ def attach_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     return model
 
 
-def _fused_forward(layer: nn.Module):
-    """forward(x) = base(x) with W + scaling * B @ A: one conv / matmul instead of peft's three.
+def _fused_conv_forward(self, x, *args, **kwargs):
+    """forward(x) = base(x) with W + scaling * B @ A: one convolution instead of peft's three.
 
     The same function as peft's `base(x) + scaling * B(A(x))` (lora_A has the base's kernel,
     stride and padding, lora_B is 1x1), but the full-resolution convolutions run once. A whole
     GAN step (generator + discriminator, batch 4, 64 px, one thread; scripted side by side, median
     of 5 rounds) went from 0.0346 s with peft's forward to 0.0270 s (the U-Net from scratch: 0.0248).
-    Gradients still reach A and B through the merged weight."""
-    base, s = layer.base_layer, layer.scaling["default"]
-    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    Gradients still reach A and B through the merged weight. Everything is read from `self` at
+    call time, so a copied or moved module uses its own tensors."""
+    base, s = self.base_layer, self.scaling["default"]
+    a, b = self.lora_A["default"].weight, self.lora_B["default"].weight
+    delta = (b.flatten(1) @ a.flatten(1)).view_as(base.weight)  # (out,r) @ (r,in*k*k)
+    w = base.weight + s * delta  # (out, in, k, k)
+    return F.conv2d(x, w, base.bias, base.stride, base.padding, base.dilation, base.groups)
 
-    if isinstance(base, nn.Conv2d):
 
-        def forward(self, x, *args, **kwargs):
-            # b (out, r, 1, 1) @ a (r, in, k, k) -> delta (out, in, k, k)
-            delta = (b.flatten(1) @ a.flatten(1)).view_as(base.weight)
-            w = base.weight + s * delta
-            return F.conv2d(x, w, base.bias, base.stride, base.padding, base.dilation, base.groups)
-
-    else:
-
-        def forward(self, x, *args, **kwargs):
-            return F.linear(x, base.weight + s * (b @ a), base.bias)  # b (out, r) @ a (r, in)
-
-    return forward
+def _fused_linear_forward(self, x, *args, **kwargs):
+    """The same for a Linear base: one matmul with W + scaling * B @ A."""
+    base, s = self.base_layer, self.scaling["default"]
+    a, b = self.lora_A["default"].weight, self.lora_B["default"].weight
+    return F.linear(x, base.weight + s * (b @ a), base.bias)  # b (out, r) @ a (r, in)
 
 
 def fuse_lora_forward(model: nn.Module) -> None:
@@ -88,7 +84,8 @@ def fuse_lora_forward(model: nn.Module) -> None:
         )
         if not plain:
             raise ValueError(f"cannot fuse the LoRA layer {name!r} ({type(base).__name__})")
-        layer.forward = types.MethodType(_fused_forward(layer), layer)
+        fused = _fused_conv_forward if isinstance(base, nn.Conv2d) else _fused_linear_forward
+        layer.forward = types.MethodType(fused, layer)
 
 
 def _lora_params(model: nn.Module) -> dict[str, nn.Parameter]:
