@@ -299,6 +299,8 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
     out = capsys.readouterr().out
     assert "base: reusing" in out and "dataset: reusing" in out
     assert (demo / "dataset" / "sensitivity.safetensors").is_file()
+    timings = json.loads((demo / "report" / "timings.json").read_text())
+    assert "base_s" not in timings and timings["sensitivity_s"] > 0  # the base was reused
     meta = json.loads((demo / "generator" / "generator.json").read_text())
     assert meta["train_config"]["loss_weight"] == "sensitivity"
     assert meta["train_config"]["max_steps"] == 4

@@ -70,12 +70,14 @@ def run_demo(
         _stage(3, 4, f"generator: reusing {gen_dir}")
     else:
         _stage(3, 4, "generator: training the block diffusion transformer (DeepSpeed, one process)")
-        # one intra-op thread on CPU: on 2 shared cores more threads fight (measured ~10x slower)
         from weightgen.gan.sensitivity import SENSITIVITY_FILE, dataset_sensitivity
 
         if not (dataset / SENSITIVITY_FILE).is_file():
             # the x0 loss weighs each value by how much it moves the image (TrainConfig)
+            t0 = time.perf_counter()
             dataset_sensitivity(str(base), str(dataset))
+            timings["sensitivity_s"] = time.perf_counter() - t0
+        # one intra-op thread on CPU: on 2 shared cores more threads fight (measured ~10x slower)
         cfg = train_config(
             "tiny",
             max_steps=train_steps,
