@@ -249,14 +249,20 @@ def snapshot(tmp_path_factory) -> Path:
 def _submit(head: RayHead, cwd: Path, *args: str) -> str:
     env = {**head.env, "RAY_ADDRESS": head.dashboard}
     argv = [str(BIN / "ray"), "job", "submit", "--runtime-env", "cluster/runtime_env.yaml", "--"]
-    r = subprocess.run(
-        argv + ["python", "jobs/collect.py", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    for _attempt in range(5):
+        r = subprocess.run(
+            argv + ["python", "jobs/collect.py", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        # a head whose dashboard agent is still starting answers "No available agent to submit
+        # job, please try again later" (seen on a loaded 2-core machine): Ray's own advice
+        if r.returncode == 0 or "No available agent" not in r.stderr:
+            break
+        time.sleep(3.0)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
 
