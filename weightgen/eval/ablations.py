@@ -110,13 +110,13 @@ def _recut_sensitivity(st, old, new, dst: Path) -> None:
     """The source's sensitivity.safetensors (per LoRA value) cut into the new layout's blocks;
     nothing when the source has none. Measured on all the source's samples, it stays an estimate
     for a subset of them."""
-    from safetensors.torch import load, save
+    from safetensors.torch import save
 
-    from weightgen.gan.sensitivity import SENSITIVITY_FILE
+    from weightgen.gan.sensitivity import SENSITIVITY_FILE, read_sensitivity
 
     if not st.exists(SENSITIVITY_FILE):
         return
-    raw = load(st.read_bytes(SENSITIVITY_FILE))["sensitivity"]  # (N_old, S_old)
+    raw, _ = read_sensitivity(st.read_bytes(SENSITIVITY_FILE))  # (N_old, S_old)
     blocks = new.to_blocks(old.from_blocks(raw)).contiguous()  # (N_new, S_new)
     meta = {"layout_hash": new.hash, "recut_from": old.hash}
     (dst / SENSITIVITY_FILE).write_bytes(bytes(save({"sensitivity": blocks}, metadata=meta)))

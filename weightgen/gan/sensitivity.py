@@ -155,18 +155,26 @@ def dataset_sensitivity(
     }
 
 
-def sensitivity_seconds(data_uri: str) -> float | None:
-    """The measuring time recorded in a data set's sensitivity.safetensors (None: no file or
-    no record)."""
+def read_sensitivity(raw: bytes) -> tuple[Tensor | None, dict[str, str]]:
+    """The bytes of a sensitivity.safetensors -> (its "sensitivity" tensor or None, metadata).
+    The metadata comes from the header itself (u64 length, then JSON): no temporary file."""
     import json
     import struct
 
+    from safetensors.torch import load
+
+    n = struct.unpack("<Q", raw[:8])[0]
+    meta = json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
+    return load(raw).get("sensitivity"), meta
+
+
+def sensitivity_seconds(data_uri: str) -> float | None:
+    """The measuring time recorded in a data set's sensitivity.safetensors (None: no file or
+    no record)."""
     from weightgen.data import open_storage
 
     st = open_storage(data_uri)
     if not st.exists(SENSITIVITY_FILE):
         return None
-    raw = st.read_bytes(SENSITIVITY_FILE)
-    n = struct.unpack("<Q", raw[:8])[0]  # safetensors: u64 header length, then the JSON header
-    meta = json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
+    _, meta = read_sensitivity(st.read_bytes(SENSITIVITY_FILE))
     return float(meta["seconds"]) if "seconds" in meta else None

@@ -281,9 +281,7 @@ def load_loss_weights(uri: str | os.PathLike, layout: BlockLayout, stats: BlockS
     """(N, S) x0-loss weights from the data set's sensitivity.safetensors (written by
     `weightgen sensitivity`): weightgen.gan.sensitivity.loss_weights of it. TrainError when the
     file is missing or belongs to another layout."""
-    from safetensors.torch import load
-
-    from weightgen.gan.sensitivity import SENSITIVITY_FILE, loss_weights
+    from weightgen.gan.sensitivity import SENSITIVITY_FILE, loss_weights, read_sensitivity
 
     uri = str(uri)
     try:
@@ -293,14 +291,7 @@ def load_loss_weights(uri: str | os.PathLike, layout: BlockLayout, stats: BlockS
             f"data set {uri} has no {SENSITIVITY_FILE}: run `weightgen sensitivity --base BASE "
             f"--data {uri}` first, or train with --loss-weight uniform"
         ) from None
-    with tempfile.TemporaryDirectory() as tmp:  # the metadata needs safe_open on a file
-        from safetensors import safe_open
-
-        path = Path(tmp) / SENSITIVITY_FILE
-        path.write_bytes(raw)
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    sens = load(raw).get("sensitivity")
+    sens, meta = read_sensitivity(raw)
     want = (layout.num_blocks, layout.block_size)
     if meta.get("layout_hash") != layout.hash or sens is None or tuple(sens.shape) != want:
         raise TrainError(
