@@ -75,6 +75,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="x0-loss weight per value: uniform, or by how much each value moves the image "
         "(needs `weightgen sensitivity` on the data set first)",
     )
+    p.add_argument(
+        "--image-loss",
+        type=float,
+        default=None,
+        help="weight of the image loss: pixel MSE of base + the one-step LoRA against each "
+        "concept's exact edit (needs --base; default 0: off)",
+    )
+    p.add_argument(
+        "--image-loss-samples", type=int, default=None, help="concepts per step in the image loss"
+    )
+    p.add_argument(
+        "--image-loss-start",
+        type=int,
+        default=None,
+        help="first step of the image loss (default 0)",
+    )
+    p.add_argument(
+        "--image-loss-ramp",
+        type=int,
+        default=None,
+        help="steps over which the image loss's weight rises to --image-loss (default 0)",
+    )
+    p.add_argument("--base", default=None, help="the base GAN folder the data set was collected on")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -106,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             paraphrases=args.paraphrases,
             last_t_frac=args.last_t_frac,
             loss_weight=args.loss_weight,
+            image_loss=args.image_loss,
+            image_loss_samples=args.image_loss_samples,
+            image_loss_start=args.image_loss_start,
+            image_loss_ramp=args.image_loss_ramp,
+            base=args.base,
         )
         summary = train_generator(
             args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress

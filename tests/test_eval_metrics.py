@@ -132,3 +132,25 @@ def test_eval_schedule_is_dense_early_and_ends_at_the_budget():
     assert s[:5] == [1, 2, 5, 10, 15] and s[-1] == 300 and 75 in s and 60 not in s
     assert s == sorted(set(s))
     assert eval_schedule(7) == [1, 2, 5, 7]
+
+
+def test_logged_train_seconds_sums_every_resumed_segment(tmp_path):
+    """The generator's training time is read from its log, resumed segments included; a log that
+    does not cover every step gives None (the caller then falls back to the export's summary)."""
+    import json
+
+    from weightgen.eval.benchmark import logged_train_seconds
+
+    rows = [  # 10 steps of batch 4 per row: 40 samples at 20/s = 2 s; a resumed segment at 10/s
+        {"step": 10, "samples_per_s": 20.0},
+        {"step": 20, "samples_per_s": 20.0},
+        {"step": 30, "samples_per_s": 10.0},
+    ]
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert logged_train_seconds(tmp_path, 30, 4) == pytest.approx(2 + 2 + 4)
+    assert logged_train_seconds(tmp_path, 40, 4) is None  # the log stops short of the export
+    (tmp_path / "train_log.jsonl").write_text(json.dumps(rows[2]) + "\n")
+    assert logged_train_seconds(tmp_path, 30, 4) == pytest.approx(12.0)  # one row from step 0
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))
+    assert logged_train_seconds(tmp_path, 10, 4) is None  # out of order: not one run's log
+    assert logged_train_seconds(tmp_path / "none", 30, 4) is None

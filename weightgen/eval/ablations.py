@@ -13,6 +13,8 @@ OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   no-paraphrases          the stored text only (the reverse, for a reference trained with them)
   uniform-loss            every normalised LoRA value weighs the same in the x0 loss
   sensitivity-loss        values weighted by how much they move the image (the reverse)
+  no-image-loss           the x0 loss alone (no pixel loss of base + the one-step LoRA)
+  image-loss              the image loss added from step 0, weight 5 (the reverse)
   concepts50/100/200      the generator trained on the first K training concepts only
 Every row is measured the same way: quality at step 0 (PSNR / SSIM, medians over every held-out
 concept) and how often it beats the nearest and the mean training LoRA.
@@ -40,6 +42,8 @@ TRAINING = {
     "no-paraphrases": {"train": {"paraphrases": False}},
     "uniform-loss": {"train": {"loss_weight": "uniform"}},
     "sensitivity-loss": {"train": {"loss_weight": "sensitivity"}},
+    "no-image-loss": {"train": {"image_loss": 0.0}},
+    "image-loss": {"train": {"image_loss": 5.0, "image_loss_start": 0, "image_loss_ramp": 0}},
 }
 _CONCEPTS = re.compile(r"concepts(\d+)$")
 
@@ -144,6 +148,10 @@ def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) ->
             )
     cfg = dict(reference_meta.get("train_config") or {})
     cfg.update(spec.get("train", {}))
+    if cfg.get("image_loss") and not cfg.get("base"):
+        cfg["base"] = str(
+            run / "base"
+        )  # the image loss runs the base the data set was collected on
     if not torch.cuda.is_available():
         cfg["threads"] = 1
     train_generator(data, gen, TrainConfig.from_dict(cfg), resume=(gen / "checkpoints").is_dir())

@@ -372,10 +372,31 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
     return result
 
 
-def one_off_cost(run: Path, bundle_meta: dict) -> dict:
+def logged_train_seconds(gen_dir: Path, steps: int, batch: int) -> float | None:
+    """Seconds the generator's training steps took, summed over its train_log.jsonl (every
+    resumed segment included: each row logs the samples per second since the previous row;
+    `batch` samples per step, fixed over resumes). None when the log does not cover steps
+    1..`steps` (missing, trimmed or started elsewhere)."""
+    path = Path(gen_dir) / "train_log.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    total, prev = 0.0, 0
+    for r in rows:
+        sps = r.get("samples_per_s")
+        if not sps or r["step"] <= prev:
+            return None
+        total += (r["step"] - prev) * batch / sps
+        prev = r["step"]
+    return total if rows and prev == steps else None
+
+
+def one_off_cost(run: Path, bundle_meta: dict, gen_dir: Path | None = None) -> dict:
     """Seconds spent once: base pre-training + collection (sum of per-concept training times of the
     accepted concepts, so cluster width does not flatter it) + the sensitivity measurement when the
-    generator's loss used it + generator training."""
+    generator's loss used it + generator training (from `gen_dir`'s train_log.jsonl when it
+    covers every step, resumed segments included; else the export's summary, a resumed run's
+    seconds scaled to all its steps)."""
     from weightgen.data import iter_samples
 
     base = json.loads((run / "base" / "metrics.json").read_text()).get("seconds")
@@ -385,10 +406,17 @@ def one_off_cost(run: Path, bundle_meta: dict) -> dict:
         collect += float(s.meta.get("metrics", {}).get("train_seconds", 0.0))
         n += 1
     summ = bundle_meta.get("summary") or {}
-    gen = summ.get("seconds")
-    if gen is not None and summ.get("resumed_from"):  # a resumed run timed its own steps only
-        done = summ.get("steps", 0) - summ["resumed_from"]
-        gen = gen * summ["steps"] / done if done > 0 else None
+    batch = (bundle_meta.get("train_config") or {}).get("batch_size")
+    gen = None
+    if gen_dir is not None and batch:
+        gen = logged_train_seconds(gen_dir, summ.get("steps", -1), batch)
+    source = "train_log" if gen is not None else "summary"
+    if gen is None:
+        gen = summ.get("seconds")
+        if gen is not None and summ.get("resumed_from"):  # a resumed run timed its own steps only
+            done = summ.get("steps", 0) - summ["resumed_from"]
+            gen = gen * summ["steps"] / done if done > 0 else None
+            source = "summary, scaled from the resumed steps"
     sens = None
     if (bundle_meta.get("train_config") or {}).get("loss_weight") == "sensitivity":
         from weightgen.gan.sensitivity import sensitivity_seconds
@@ -401,6 +429,7 @@ def one_off_cost(run: Path, bundle_meta: dict) -> dict:
         "collection_concepts": n,
         "sensitivity_s": sens,
         "generator_s": gen,
+        "generator_s_from": source,
         "total_s": total,
     }
 
@@ -515,7 +544,7 @@ def run_benchmark(
         k: sum(step0[c]["generated"]["psnr"] > step0[c][k]["psnr"] for c in step0) / len(step0)
         for k in ("base", "lora-zero", "mean", "nearest")
     }
-    cost = one_off_cost(run, ctx.bundle.meta)
+    cost = one_off_cost(run, ctx.bundle.meta, Path(generator) if generator else run / "generator")
     saved = payback(m, cost)
     extra = {
         "config": cfg.to_dict(),
@@ -590,9 +619,16 @@ def _payback_line(saved: dict) -> str:
     return ", ".join(f"vs {k} {_payback(v['payback_concepts'])}" for k, v in saved.items())
 
 
-def render_report(out: str | Path, title: str = "weightgen held-out benchmark (tiny preset)"):
+def render_report(
+    out: str | Path,
+    title: str = "weightgen held-out benchmark (tiny preset)",
+    *,
+    run: str | Path | None = None,
+    generator: str | Path | None = None,
+):
     """Rewrite OUT's report.md, report.json and plots from its report.json (no training): for a
-    report written before a change to how it is summarised."""
+    report written before a change to how it is summarised. With `run` and `generator`, the
+    one-off cost is measured again from them."""
     from weightgen.eval.report import summarise, write_report
 
     out = Path(out)
@@ -606,6 +642,11 @@ def render_report(out: str | Path, title: str = "weightgen held-out benchmark (t
         if "fid_final" in v and m_ in summary["methods"]:
             summary["methods"][m_]["fid_final"] = v["fid_final"]
     extra = {k: v for k, v in old.items() if k not in summary}  # the rest came from the run
+    if run is not None and generator is not None:
+        from weightgen.diffusion.sampler import GENERATOR_JSON
+
+        meta = json.loads((Path(generator) / GENERATOR_JSON).read_text())
+        extra["one_off_cost"] = one_off_cost(Path(run), meta, Path(generator))
     extra["payback"] = payback(summary["methods"], extra["one_off_cost"])
     extra["headline"]["paid back after (new concepts)"] = _payback_line(extra["payback"])
     write_report(out, summary, runs=runs, extra=extra, title=title)

@@ -115,8 +115,40 @@ class TrainConfig:
     # sensitivity.safetensors; weightgen.gan.sensitivity.loss_weights). Measured (runs/v3, 1,500
     # more steps from a 12k-step generator): held-out step-0 PSNR 18.0 dB uniform -> 19.4 dB
     loss_weight: str = "uniform"
+    # image loss (weightgen.train.imageloss): weight of the pixel MSE ([0, 1] units) between base +
+    # the generator's one-step LoRA and each concept's exact edit, added to the x0 loss; 0: off.
+    # Needs `base` (the base the data set was collected on) and the in-memory data set.
+    image_loss: float = 0.0
+    image_loss_samples: int = 8  # concepts per step and rank in the image loss
+    image_loss_crops: int = 16  # collection crops per concept held in memory ...
+    image_loss_per_call: int = 4  # ... of which each concept uses this many per step
+    # the image loss starts at step `image_loss_start` and its weight rises linearly to
+    # `image_loss` over `image_loss_ramp` steps: switched on abruptly in a resumed run, its
+    # gradients (10-50x the x0 loss's) meet Adam moments sized for the x0 loss and undo training
+    image_loss_start: int = 0
+    image_loss_ramp: int = 0
+    base: str | None = None
+
+    def image_loss_weight(self, step: int) -> float:
+        """The image loss's weight at (0-based) training step `step`."""
+        if self.image_loss == 0 or step < self.image_loss_start:
+            return 0.0
+        return self.image_loss * min(
+            1.0, (step - self.image_loss_start + 1) / max(1, self.image_loss_ramp)
+        )
 
     def __post_init__(self):
+        if self.image_loss < 0:
+            raise ConfigError(f"image_loss must be >= 0, got {self.image_loss}")
+        if self.image_loss > 0 and (self.base is None or self.stream):
+            raise ConfigError(
+                "image_loss needs --base (the base the data set was collected on) and the "
+                "in-memory data set (no --stream)"
+            )
+        if self.image_loss_start < 0 or self.image_loss_ramp < 0:
+            raise ConfigError("image_loss_start and image_loss_ramp must be >= 0")
+        if self.image_loss_samples < 1:
+            raise ConfigError(f"image_loss_samples must be >= 1, got {self.image_loss_samples}")
         if self.loss_weight not in LOSS_WEIGHTS:
             raise ConfigError(
                 f"loss_weight must be one of {', '.join(LOSS_WEIGHTS)}, got {self.loss_weight!r}"
@@ -346,6 +378,24 @@ def _batches(data, cfg: TrainConfig, rank: int, world: int, rank_seed: int, star
     return loader, lambda blocks: normalize_on_device(blocks, data.layout, stats, device)
 
 
+def _add_image_loss(engine, loss, lam, image_loss, data, cfg, valid, g, device):
+    """(x0 loss + lam * image MSE, the image MSE averaged over ranks): the generator's
+    one-step output from pure noise (t = T-1, text kept) for cfg.image_loss_samples concepts."""
+    idx = image_loss.pick(cfg.image_loss_samples, g)  # (K,)
+    if data.alt is not None:
+        pooled, tokens, mask = data.alt.pick(idx, g)
+    else:
+        pooled, tokens, mask = data.pooled[idx], data.tokens[idx], data.mask[idx]
+    K = idx.shape[0]
+    v = valid.to(torch.float32)
+    x_t = torch.randn((K, *v.shape), generator=g).to(device) * v  # (K, N, S)
+    t = torch.full((K,), NUM_TRAIN_TIMESTEPS - 1, dtype=torch.long, device=device)
+    keep = torch.zeros(K, dtype=torch.bool, device=device)
+    pred = engine(x_t, t, pooled.to(device), tokens.to(device), mask.to(device), drop_text=keep)
+    mse = image_loss(pred * v, idx, g)
+    return loss + lam * mse, _all_mean(mse.item(), device)
+
+
 def train_generator(
     data_uri: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -379,6 +429,15 @@ def train_generator(
     )  # (N, S) or None
     rank, world, device = init_distributed()
     import deepspeed  # after init_distributed chose the accelerator
+
+    image_loss = None
+    if cfg.image_loss > 0:
+        from weightgen.train.imageloss import ImageLoss
+
+        image_loss = ImageLoss(
+            cfg.base, data, crops=cfg.image_loss_crops, per_call=cfg.image_loss_per_call,
+            seed=cfg.seed, device=device, progress=progress and rank == 0,
+        )  # fmt: skip
 
     is_main = rank == 0
     start = _prepare_out(out, cfg, resume)
@@ -453,7 +512,16 @@ def train_generator(
             scheduler=scheduler, generator=g, cond_drop_prob=cfg.cond_drop_prob,
             last_t_frac=cfg.last_t_frac, weight=loss_weight,
         )  # fmt: skip
-        engine.backward(loss)
+        img_val = None
+        lam = cfg.image_loss_weight(step)
+        if image_loss is not None and lam > 0:
+            gi = torch.Generator().manual_seed((2 << 40) + rank_seed * 1_000_003 + step)
+            total, img_val = _add_image_loss(
+                engine, loss, lam, image_loss, data, cfg, valid, gi, device
+            )
+        else:
+            total = loss
+        engine.backward(total)
         engine.step()
         step += 1
         ema.update(step)
@@ -473,7 +541,11 @@ def train_generator(
             if is_main:
                 row = {"step": step, "loss": loss_val, "grad_norm": gn, "lr": engine.get_lr()[0],
                        "samples_per_s": sps}  # fmt: skip
-                for k in ("loss", "grad_norm", "lr", "samples_per_s"):
+                if img_val is not None:
+                    row["image_mse"] = img_val
+                for k in ("loss", "grad_norm", "lr", "samples_per_s", "image_mse"):
+                    if k not in row:
+                        continue
                     if row[k] is not None:
                         tb.add_scalar(f"train/{k}", row[k], step)
                 with open(log_path, "a") as f:
