@@ -572,10 +572,7 @@ def run_benchmark(
             "learning rates (sweep on training concepts)": ", ".join(
                 f"{k} {v:g}" for k, v in lrs.items()
             ),
-            "one-off cost": f"{cost['total_s']:.0f} s (base {cost['base_s'] or 0:.0f}, collection "
-            f"{cost['collection_s']:.0f} over {cost['collection_concepts']} concepts, "
-            + (f"sensitivity {cost['sensitivity_s']:.0f}, " if cost.get("sensitivity_s") else "")
-            + f"generator {cost['generator_s'] or 0:.0f})",
+            "one-off cost": _cost_line(cost),
             "paid back after (new concepts)": _payback_line(saved),
             **(
                 {
@@ -594,6 +591,15 @@ def run_benchmark(
     _append_sections(out / "report.md", extra)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     return {"summary": summary, **extra}
+
+
+def _cost_line(cost: dict) -> str:
+    return (
+        f"{cost['total_s']:.0f} s (base {cost['base_s'] or 0:.0f}, collection "
+        f"{cost['collection_s']:.0f} over {cost['collection_concepts']} concepts, "
+        + (f"sensitivity {cost['sensitivity_s']:.0f}, " if cost.get("sensitivity_s") else "")
+        + f"generator {cost['generator_s'] or 0:.0f})"
+    )
 
 
 def payback(methods: dict, cost: dict) -> dict:
@@ -647,6 +653,7 @@ def render_report(
 
         meta = json.loads((Path(generator) / GENERATOR_JSON).read_text())
         extra["one_off_cost"] = one_off_cost(Path(run), meta, Path(generator))
+        extra["headline"]["one-off cost"] = _cost_line(extra["one_off_cost"])
     extra["payback"] = payback(summary["methods"], extra["one_off_cost"])
     extra["headline"]["paid back after (new concepts)"] = _payback_line(extra["payback"])
     write_report(out, summary, runs=runs, extra=extra, title=title)
