@@ -44,9 +44,16 @@ def run(tmp_path_factory):
     rc = main(
         ["train", "--data", str(root / "dataset"), "--out", str(root / "generator"), "--max-steps", "8",
          "--batch-size", "4", "--threads", "1", "--no-progress", "--ckpt-every", "4",
-         "--loss-weight", "sensitivity"]
+         "--loss-weight", "sensitivity", "--image-loss", "5", "--image-loss-start", "5", "--log-every", "1",
+         "--base", str(root / "base")]
     )  # fmt: skip
     assert rc == 0
+    # the image loss (on from step 5: the 0-based step index 5 is training step 6) is logged
+    rows = [
+        json.loads(ln) for ln in (root / "generator" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert [("image_mse" in r) for r in rows] == [r["step"] > 5 for r in rows]
+    assert all(r["image_mse"] > 0 for r in rows if "image_mse" in r)
     return root
 
 
