@@ -237,6 +237,7 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
     assert cost["sensitivity_s"] > 0
     parts = ("base_s", "collection_s", "sensitivity_s", "generator_s")
     assert cost["total_s"] == pytest.approx(sum(cost[k] or 0 for k in parts))
+    assert cost["generator_s_from"] == "train_log"  # its log covers every step
     assert (out / "ablations" / "block128" / "generator" / "generator.json").is_file()
     for png in ("curves.png", "step0.png", "grid.png", "speedup.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
@@ -253,6 +254,9 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
     assert again["payback"] == rep["payback"] and again["ablations"] == rep["ablations"]
     md2 = (out / "report.md").read_text()
     assert md2 == md
+    # ... and with the run and generator given, the one-off cost is measured again, the same
+    recost = render_report(out, run=run, generator=run / "generator")
+    assert recost["one_off_cost"] == rep["one_off_cost"]  # the same log and files: exact
 
 
 def test_derived_dataset_recut_is_exact(run, tmp_path):
