@@ -296,7 +296,7 @@ def test_derived_dataset_recut_is_exact(run, tmp_path):
 @pytest.mark.ray
 def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys):
     """`weightgen demo` on a run whose base and data set are done: the base and collection are
-    reused; the generator stage measures the sensitivity and trains with it; the evaluation
+    reused; the generator stage measures the sensitivity and trains with it and the image loss; the evaluation
     writes the report `make run` promises."""
     import shutil
 
@@ -315,6 +315,13 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
     meta = json.loads((demo / "generator" / "generator.json").read_text())
     assert meta["train_config"]["loss_weight"] == "sensitivity"
     assert meta["train_config"]["max_steps"] == 4
+    assert meta["train_config"]["image_loss"] == 5.0  # and with the image loss on every step
+    rows = [
+        json.loads(ln)
+        for ln in (demo / "generator" / "train_log.jsonl").read_text().split("\n")
+        if ln
+    ]
+    assert rows and all(r.get("image_mse", 0) > 0 for r in rows)
     rep = json.loads((demo / "report" / "report.json").read_text())
     assert len(rep["runs"]) == 1 and len(rep["step0"]) == len(concepts_heldout())
     assert result["summary"]["methods"]["generated"]["psnr_step0"] is not None
