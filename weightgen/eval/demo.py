@@ -87,7 +87,7 @@ def run_demo(
             threads=None if torch.cuda.is_available() else 1,
             loss_weight="sensitivity",
             image_loss=5.0,
-            base=str(base),
+            base=str(Path(base).resolve()),  # recorded in the config: valid from any folder
         )
         resume = (gen_dir / "checkpoints").is_dir()
         t0 = time.perf_counter()
