@@ -149,9 +149,8 @@ def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) ->
     cfg = dict(reference_meta.get("train_config") or {})
     cfg.update(spec.get("train", {}))
     if cfg.get("image_loss") and not cfg.get("base"):
-        cfg["base"] = str(
-            run / "base"
-        )  # the image loss runs the base the data set was collected on
+        # the image loss runs the base the data set was collected on
+        cfg["base"] = str(run / "base")
     if not torch.cuda.is_available():
         cfg["threads"] = 1
     train_generator(data, gen, TrainConfig.from_dict(cfg), resume=(gen / "checkpoints").is_dir())

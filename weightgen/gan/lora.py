@@ -92,6 +92,12 @@ def _lora_params(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if ".lora_" in n}
 
 
+def lora_param_names(model: nn.Module) -> dict[str, str]:
+    """{state-dict name (as in lora_state_dict / a BlockLayout): parameter name (with peft's
+    adapter name)} of every LoRA tensor, e.g. "stem.lora_A.weight" -> "stem.lora_A.default.weight"."""
+    return {n.replace(".default", ""): n for n in _lora_params(model)}
+
+
 @torch.no_grad()
 def init_shared_lora(model: nn.Module, seed: int) -> None:
     """A ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from `seed`, in sorted-name order; B = 0."""

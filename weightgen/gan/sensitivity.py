@@ -37,12 +37,12 @@ def lora_sensitivity(
 ) -> dict[str, Tensor]:
     """samples: (lora state dict, text tokens (L, Dt), mask (L,), images (n, 3, H, W) in [0, 1]).
     Returns {LoRA tensor name: mean squared output gradient, same shape}, float32 on CPU."""
-    from weightgen.gan.lora import load_lora
+    from weightgen.gan.lora import load_lora, lora_param_names
     from weightgen.gan.train import build_concept_model, to_model
 
     g = build_concept_model("lora", preset.gan, preset.lora, base_state).eval()
-    # model parameter names carry peft's adapter name; the state-dict names do not
-    params = {n.replace(".default", ""): p for n, p in g.named_parameters() if ".lora_" in n}
+    named = dict(g.named_parameters())
+    params = {k: named[n] for k, n in lora_param_names(g).items()}  # state-dict names
     for p in params.values():
         p.requires_grad_(True)
     acc = {k: torch.zeros_like(p) for k, p in params.items()}

@@ -31,7 +31,8 @@ class ImageLoss:
 
     `crops` collection crops are shared by every concept (their targets differ); each call uses
     `per_call` of them per concept. `pick(n, generator)` draws which samples a step trains.
-    The targets stay in memory: M x crops x 3 x H x W floats (runs/v3, 395 x 16 x 64^2: 310 MB).
+    The targets stay in memory: concepts x crops x 3 x H x W floats (runs/v3, 395 x 16 x 64^2:
+    310 MB).
     """
 
     def __init__(
@@ -49,7 +50,7 @@ class ImageLoss:
         from weightgen.concepts import concepts as list_concepts
         from weightgen.concepts.pairs import make_pairs
         from weightgen.gan.base import load_base
-        from weightgen.gan.lora import lora_state_dict
+        from weightgen.gan.lora import lora_param_names, lora_state_dict
         from weightgen.gan.train import build_concept_model, to_model
 
         if crops < 1 or not 1 <= per_call <= crops:
@@ -72,10 +73,7 @@ class ImageLoss:
         for p in g.parameters():
             p.requires_grad_(False)
         self.model = g.to(device)
-        # state-dict names (layout) -> parameter names (peft's adapter name inside)
-        self.param_name = {
-            n.replace(".default", ""): n for n, _ in g.named_parameters() if ".lora_" in n
-        }
+        self.param_name = lora_param_names(g)  # layout names -> functional_call's names
         known = {c.id: c for c in list_concepts()}
         ids = [concept_of_key(k) for k in data.keys]
         self.usable = torch.tensor([i in known for i in ids])  # (M,) bool
@@ -84,16 +82,15 @@ class ImageLoss:
                 "image loss: no sample of the data set is a catalogue concept (keys "
                 "'<concept id>-s<seed>'); train without --image-loss"
             )
+        self.pool = torch.nonzero(self.usable).squeeze(1)  # (U,) the samples pick() draws from
+        # one row of targets per concept (several seeds of a concept share it); -1: not usable
+        row = {cid: r for r, cid in enumerate(dict.fromkeys(i for i in ids if i in known))}
+        self.target_row = torch.tensor([row.get(i, -1) for i in ids])  # (M,)
         size = preset.gan.image_size
-        x = None
-        ys = torch.zeros(len(ids), crops, 3, size, size)  # (M, C, 3, H, W) in [0, 1]
-        done: dict[str, Tensor] = {}
-        for i, cid in enumerate(tqdm(ids, desc="image-loss pairs", disable=not progress)):
-            if cid not in known:
-                continue
-            if cid not in done:  # the same crops for every concept (same n, size, seed, split)
-                x, done[cid] = make_pairs(known[cid], crops, size=size, seed=seed, split="collect")
-            ys[i] = done[cid]
+        ys = torch.zeros(len(row), crops, 3, size, size)  # (concepts, C, 3, H, W) in [0, 1]
+        for cid, r in tqdm(row.items(), desc="image-loss pairs", disable=not progress):
+            # the same crops for every concept (same n, size, seed, split); targets differ
+            x, ys[r] = make_pairs(known[cid], crops, size=size, seed=seed, split="collect")
         self.x = to_model(x).to(device)  # (C, 3, H, W) in [-1, 1]
         self.y = ys.to(device)
         self.mean = data.stats.mean.to(device)  # (N, S)
@@ -105,8 +102,7 @@ class ImageLoss:
 
     def pick(self, n: int, generator: torch.Generator) -> Tensor:
         """(n,) int64: usable samples drawn uniformly (with replacement)."""
-        pool = torch.nonzero(self.usable).squeeze(1)  # (U,)
-        return pool[torch.randint(0, len(pool), (n,), generator=generator)]
+        return self.pool[torch.randint(0, len(self.pool), (n,), generator=generator)]
 
     def __call__(self, pred: Tensor, idx: Tensor, generator: torch.Generator) -> Tensor:
         """pred (K, N, S) normalised blocks for samples idx (K,) -> scalar mean pixel MSE."""
@@ -129,5 +125,6 @@ class ImageLoss:
                 (self.x[crops], self.tokens[i][None].expand(n, -1, -1),
                  self.mask[i][None].expand(n, -1)),
             )  # fmt: skip
-            total = total + ((from_model(out) - self.y[i, crops]) ** 2).mean()
+            y = self.y[int(self.target_row[i]), crops]  # (n, 3, H, W)
+            total = total + ((from_model(out) - y) ** 2).mean()
         return total / pred.shape[0]
