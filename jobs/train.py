@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps over which the image loss's weight rises to --image-loss (default 0)",
     )
     p.add_argument("--base", default=None, help="the base GAN folder the data set was collected on")
+    p.add_argument(
+        "--text-noise",
+        type=float,
+        default=None,
+        help="relative Gaussian noise on the text embeddings while training (default 0: off)",
+    )
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             image_loss_start=args.image_loss_start,
             image_loss_ramp=args.image_loss_ramp,
             base=args.base,
+            text_noise=args.text_noise,
         )
         summary = train_generator(
             args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress

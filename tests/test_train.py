@@ -391,3 +391,38 @@ def test_sensitivity_loss_weight(dataset, tmp_path):
     assert saved["loss_weight"] == "sensitivity"
     with pytest.raises(WeightgenError, match="loss_weight must be one of"):
         cfg(loss_weight="fisher")
+
+
+def test_text_noise_is_relative_seeded_and_spares_padding():
+    """text_noise moves each vector by ~scale x its norm, leaves zero (padding) vectors at zero,
+    is the identity at scale 0 and repeats under the same generator."""
+    from weightgen.train.trainer import text_noise
+
+    g = torch.Generator().manual_seed(0)
+    pooled = torch.nn.functional.normalize(torch.randn(64, TEXT_DIM), dim=-1) * 3.0
+    tokens = torch.randn(64, TOKENS, TEXT_DIM)
+    tokens[:, 5:] = 0  # padding
+    p0, t0 = text_noise(pooled, tokens, 0.0, g)
+    assert p0 is pooled and t0 is tokens
+    p1, t1 = text_noise(pooled, tokens, 0.2, torch.Generator().manual_seed(1))
+    p2, t2 = text_noise(pooled, tokens, 0.2, torch.Generator().manual_seed(1))
+    assert torch.equal(p1, p2) and torch.equal(t1, t2)
+    rel = (p1 - pooled).norm(dim=-1) / pooled.norm(dim=-1)  # (64,) ~ 0.2 each
+    assert rel.mean().item() == pytest.approx(0.2, rel=0.05)
+    assert torch.equal(t1[:, 5:], torch.zeros_like(t1[:, 5:]))
+    trel = (t1[:, :5] - tokens[:, :5]).norm(dim=-1) / tokens[:, :5].norm(dim=-1)
+    assert trel.mean().item() == pytest.approx(0.2, rel=0.05)
+
+
+def test_text_noise_trains_differently_and_is_recorded(dataset, tmp_path):
+    """--text-noise changes the training trajectory from the first step, is saved with the run's
+    config, and out-of-range values are rejected."""
+    short = dict(max_steps=4, log_every=1)
+    train_generator(dataset, tmp_path / "a", cfg(**short), progress=False)
+    train_generator(dataset, tmp_path / "b", cfg(text_noise=0.3, **short), progress=False)
+    la = [r["loss"] for r in log_rows(tmp_path / "a")]
+    lb = [r["loss"] for r in log_rows(tmp_path / "b")]
+    assert len(la) == len(lb) == 4 and la != pytest.approx(lb, rel=1e-4)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["text_noise"] == 0.3
+    with pytest.raises(WeightgenError, match="text_noise must be in"):
+        cfg(text_noise=-0.1)

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from weightgen.diffusion.model import SIZES, BlockDiT, block_dit, count_params
 from weightgen.diffusion.sampler import GENERATOR_JSON, LAYOUT_JSON, MODEL_DIR, STATS_FILE
@@ -133,6 +134,11 @@ class TrainConfig:
     image_loss_start: int = 0
     image_loss_ramp: int = 0
     base: str | None = None
+    # text-embedding noise: every pooled and token vector of the conditioning moves by Gaussian
+    # noise of norm ~`text_noise` x its own norm (padding stays 0), in the x0 and the image loss;
+    # it smooths the map from text to weights between training concepts (held-out texts sit
+    # between them: nearest-neighbour pooled distance ~0.2, cosine ~0.98). 0: off
+    text_noise: float = 0.0
 
     def image_loss_weight(self, step: int) -> float:
         """The image loss's weight at (0-based) training step `step`."""
@@ -152,6 +158,8 @@ class TrainConfig:
             )
         if self.image_loss_start < 0 or self.image_loss_ramp < 0:
             raise ConfigError("image_loss_start and image_loss_ramp must be >= 0")
+        if not 0.0 <= self.text_noise <= 1.0:
+            raise ConfigError(f"text_noise must be in [0, 1], got {self.text_noise}")
         if self.image_loss_samples < 1:
             raise ConfigError(f"image_loss_samples must be >= 1, got {self.image_loss_samples}")
         if self.loss_weight not in LOSS_WEIGHTS:
@@ -383,6 +391,22 @@ def _batches(data, cfg: TrainConfig, rank: int, world: int, rank_seed: int, star
     return loader, lambda blocks: normalize_on_device(blocks, data.layout, stats, device)
 
 
+def text_noise(
+    pooled: Tensor, tokens: Tensor, scale: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """pooled (B, D), tokens (B, L, D) -> the same, each vector v moved by scale * |v| * e with
+    e ~ N(0, I / D) (|e| ~ 1): a relative perturbation; zero vectors (padding) stay zero."""
+    if scale == 0:
+        return pooled, tokens
+    d = pooled.shape[-1]
+
+    def move(v: Tensor) -> Tensor:
+        e = torch.randn(v.shape, generator=generator, device=generator.device)
+        return v + scale * v.norm(dim=-1, keepdim=True) * e.to(v.device, v.dtype) / d**0.5
+
+    return move(pooled), move(tokens)
+
+
 def _add_image_loss(engine, loss, lam, image_loss, data, cfg, valid, g, device):
     """(x0 loss + lam * image MSE, the image MSE averaged over ranks): the generator's
     one-step output from pure noise (t = T-1, text kept) for cfg.image_loss_samples concepts."""
@@ -391,6 +415,7 @@ def _add_image_loss(engine, loss, lam, image_loss, data, cfg, valid, g, device):
         pooled, tokens, mask = data.alt.pick(idx, g)
     else:
         pooled, tokens, mask = data.pooled[idx], data.tokens[idx], data.mask[idx]
+    pooled, tokens = text_noise(pooled, tokens, cfg.text_noise, g)
     K = idx.shape[0]
     v = valid.to(torch.float32)
     x_t = torch.randn((K, *v.shape), generator=g).to(device) * v  # (K, N, S)
@@ -512,6 +537,7 @@ def train_generator(
     # ---- the step loop -----------------------------------------------------------------------
     for x0, pooled, tokens, mask in loader:
         g = torch.Generator(device=device).manual_seed(rank_seed * 1_000_003 + step)
+        pooled, tokens = text_noise(pooled.to(device), tokens.to(device), cfg.text_noise, g)
         loss = diffusion_loss(
             engine, to_x0(x0), valid, pooled.to(device), tokens.to(device), mask.to(device),
             scheduler=scheduler, generator=g, cond_drop_prob=cfg.cond_drop_prob,
