@@ -134,6 +134,8 @@ def test_eval_schedule_is_dense_early_and_ends_at_the_budget():
     assert eval_schedule(7) == [1, 2, 3, 4, 5, 6, 7]
     # no gap overstates a crossing from step 5 on by more than ~20%
     assert all((b - a) / a <= 0.2 for a, b in zip(s, s[1:]) if 5 <= a < 50)
+    # the earlier schedule's steps are kept, so a curve can be re-read on them
+    assert {1, 2, 5, 10, 15, 20, 30, 40, 50} <= set(s)
 
 
 def test_logged_train_seconds_sums_every_resumed_segment(tmp_path):

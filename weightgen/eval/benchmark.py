@@ -42,7 +42,7 @@ class BenchConfig:
     patience_steps: int = 300  # plateau: no gain of min_gain_db within this many steps
     min_gain_db: float = 0.2
     lora_plateau: bool = False  # base + LoRA methods also stop at their plateau (lora_steps: cap)
-    eval_every: int = 25  # after the dense early measurements (1, 2, 5, ... 50)
+    eval_every: int = 25  # after the dense early measurements (metrics.EARLY_STEPS, 1 ... 50)
     sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
     sweep_concepts: int = 4  # training concepts, one from each of k evenly spread families
     sweep_steps: int = 300
