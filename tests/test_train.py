@@ -414,15 +414,27 @@ def test_text_noise_is_relative_seeded_and_spares_padding():
     assert trel.mean().item() == pytest.approx(0.2, rel=0.05)
 
 
-def test_text_noise_trains_differently_and_is_recorded(dataset, tmp_path):
-    """--text-noise changes the training trajectory from the first step, is saved with the run's
-    config, and out-of-range values are rejected."""
+def test_text_noise_trains_differently_and_is_recorded(dataset, tmp_path, monkeypatch):
+    """--text-noise reaches the conditioning of every step through `text_noise` (a pass-through
+    spy in its place trains exactly like no noise), changes the trajectory when real, is saved
+    with the run's config, and out-of-range values are rejected."""
+    import weightgen.train.trainer as trainer
+
     short = dict(max_steps=4, log_every=1)
     train_generator(dataset, tmp_path / "a", cfg(**short), progress=False)
     train_generator(dataset, tmp_path / "b", cfg(text_noise=0.3, **short), progress=False)
-    la = [r["loss"] for r in log_rows(tmp_path / "a")]
-    lb = [r["loss"] for r in log_rows(tmp_path / "b")]
+    calls = []
+
+    def spy(pooled, tokens, scale, generator):
+        calls.append((scale, tuple(pooled.shape)))
+        return pooled, tokens
+
+    monkeypatch.setattr(trainer, "text_noise", spy)
+    train_generator(dataset, tmp_path / "c", cfg(text_noise=0.3, **short), progress=False)
+    la, lb, lc = ([r["loss"] for r in log_rows(tmp_path / d)] for d in "abc")
     assert len(la) == len(lb) == 4 and la != pytest.approx(lb, rel=1e-4)
+    assert lc == la  # the spy leaves the text as is: the same run as without noise
+    assert [c[0] for c in calls] == [0.3] * 4 and calls[0][1] == (8, TEXT_DIM)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["text_noise"] == 0.3
     with pytest.raises(WeightgenError, match="text_noise must be in"):
         cfg(text_noise=-0.1)

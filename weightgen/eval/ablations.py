@@ -16,7 +16,7 @@ OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   no-image-loss           the x0 loss alone (no pixel loss of base + the one-step LoRA)
   image-loss              the image loss added from step 0, weight 5 (the reverse)
   no-text-noise           no noise on the text embeddings while training
-  text-noise              relative text-embedding noise 0.25 (the reverse)
+  text-noise              relative text-embedding noise 0.5 (the reverse)
   concepts50/100/200      the generator trained on the first K training concepts only
 Every row is measured the same way: quality at step 0 (PSNR / SSIM, medians over every held-out
 concept) and how often it beats the nearest and the mean training LoRA.
@@ -47,7 +47,7 @@ TRAINING = {
     "no-image-loss": {"train": {"image_loss": 0.0}},
     "image-loss": {"train": {"image_loss": 5.0, "image_loss_start": 0, "image_loss_ramp": 0}},
     "no-text-noise": {"train": {"text_noise": 0.0}},
-    "text-noise": {"train": {"text_noise": 0.25}},
+    "text-noise": {"train": {"text_noise": 0.5}},
 }
 _CONCEPTS = re.compile(r"concepts(\d+)$")
 
