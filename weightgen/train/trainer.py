@@ -545,7 +545,7 @@ def train_generator(
         g = torch.Generator(device=device).manual_seed(rank_seed * 1_000_003 + step)
         pooled, tokens = text_noise(pooled.to(device), tokens.to(device), cfg.text_noise, g)
         loss = diffusion_loss(
-            engine, to_x0(x0), valid, pooled.to(device), tokens.to(device), mask.to(device),
+            engine, to_x0(x0), valid, pooled, tokens, mask.to(device),
             scheduler=scheduler, generator=g, cond_drop_prob=cfg.cond_drop_prob,
             last_t_frac=cfg.last_t_frac, weight=loss_weight,
         )  # fmt: skip
