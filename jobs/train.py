@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="relative Gaussian noise on the text embeddings while training (default 0: off)",
     )
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="GENERATOR",
+        help="warm start: a fresh run starts from this exported generator's weights (same model "
+        "config; e.g. a new data set on the same LoRA layout)",
+    )
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             image_loss_ramp=args.image_loss_ramp,
             base=args.base,
             text_noise=args.text_noise,
+            init_from=args.init,
         )
         summary = train_generator(
             args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress

@@ -262,6 +262,37 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
     assert recost["one_off_cost"] == rep["one_off_cost"]  # the same log and files: exact
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+def test_warm_started_generator_counts_its_initialisation(run, tmp_path):
+    """train --init: the one-off cost adds the whole cost of the generator it started from (its
+    run's base, collection, sensitivity and training); a gone initialisation is a clear error."""
+    from weightgen.errors import WeightgenError
+    from weightgen.eval.benchmark import _cost_line, one_off_cost
+
+    warm = tmp_path / "warm"
+    rc = main(
+        ["train", "--data", str(run / "dataset"), "--out", str(warm), "--max-steps", "2",
+         "--batch-size", "4", "--threads", "1", "--no-progress", "--log-every", "1",
+         "--init", str(run / "generator")]
+    )  # fmt: skip
+    assert rc == 0
+    meta = json.loads((warm / "generator.json").read_text())
+    assert meta["train_config"]["init_from"] == str(run / "generator")
+    first = json.loads((run / "generator" / "generator.json").read_text())
+    own = one_off_cost(run, first, run / "generator")
+    cost = one_off_cost(run, meta, warm)
+    assert own["init_generator"] is None and own["init_generator_s"] is None
+    assert cost["init_generator_s"] == pytest.approx(own["total_s"])
+    parts = ("base_s", "collection_s", "generator_s", "init_generator_s")  # uniform loss here
+    assert cost["sensitivity_s"] is None and cost["generator_s_from"] == "train_log"
+    assert cost["total_s"] == pytest.approx(sum(cost[k] or 0 for k in parts))
+    assert "warm start from" in _cost_line(cost)
+    gone = dict(meta, train_config=dict(meta["train_config"], init_from=str(tmp_path / "gone")))
+    with pytest.raises(WeightgenError, match="warm-started from .* gone"):
+        one_off_cost(run, gone, warm)
+
+
 def test_derived_dataset_recut_is_exact(run, tmp_path):
     from weightgen.blocks import BlockLayout
     from weightgen.data import load_all

@@ -438,3 +438,38 @@ def test_text_noise_trains_differently_and_is_recorded(dataset, tmp_path, monkey
     assert json.loads((tmp_path / "b" / "config.json").read_text())["text_noise"] == 0.3
     with pytest.raises(WeightgenError, match="text_noise must be in"):
         cfg(text_noise=-0.1)
+
+
+def test_init_from_starts_where_the_generator_ended(trained, dataset, tmp_path):
+    """init_from copies an exported generator's weights exactly into a fresh run, which then
+    starts near that generator's final loss instead of a random network's first loss; a missing
+    generator or another model config is a one-line error, and a wrong path leaves OUT alone."""
+    from weightgen.diffusion.model import block_dit
+    from weightgen.train.trainer import init_weights, load_init
+
+    out, s = trained
+    exported = load_generator(out).model
+    cfg_dict = dict(exported.config)
+    fresh = block_dit("tiny", **{k: v for k, v in cfg_dict.items() if not k.startswith("_")})
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), exported.parameters()))
+    init_weights(fresh, load_init(out))
+    for (n, a), b in zip(fresh.state_dict().items(), exported.state_dict().values()):
+        assert torch.equal(a, b), n
+
+    warm = train_generator(
+        dataset, tmp_path / "warm", cfg(max_steps=5, init_from=str(out)), progress=False
+    )
+    cold = [r["loss"] for r in log_rows(out)]
+    assert warm["first_loss"] < 0.5 * (sum(cold[:5]) / 5 + s["final_loss"]), (warm, s)
+    assert json.loads((tmp_path / "warm" / "config.json").read_text())["init_from"] == str(out)
+
+    with pytest.raises(TrainError, match="no exported generator") as e:
+        train_generator(
+            dataset, tmp_path / "x", cfg(init_from=str(tmp_path / "no")), progress=False
+        )
+    one_line(e)
+    assert not (tmp_path / "x").exists()
+    deeper = block_dit("tiny", **{**cfg_dict, "depth": cfg_dict["depth"] + 1})
+    with pytest.raises(TrainError, match="another model.*depth") as e:
+        init_weights(deeper, load_init(out))
+    one_line(e)

@@ -422,7 +422,13 @@ def one_off_cost(run: Path, bundle_meta: dict, gen_dir: Path | None = None) -> d
         from weightgen.gan.sensitivity import sensitivity_seconds
 
         sens = sensitivity_seconds(str(run / "dataset"))
-    total = sum(v for v in (base, collect, sens, gen) if v is not None)
+    # a warm-started generator (train --init) also cost everything its initialisation cost
+    init, init_cost = (bundle_meta.get("train_config") or {}).get("init_from"), None
+    if init:
+        init_cost = _init_generator_cost(Path(init))
+    total = sum(
+        v for v in (base, collect, sens, gen, (init_cost or {}).get("total_s")) if v is not None
+    )
     return {
         "base_s": base,
         "collection_s": collect,
@@ -430,8 +436,31 @@ def one_off_cost(run: Path, bundle_meta: dict, gen_dir: Path | None = None) -> d
         "sensitivity_s": sens,
         "generator_s": gen,
         "generator_s_from": source,
+        "init_generator": init,
+        "init_generator_s": None if init_cost is None else init_cost["total_s"],
+        "init_generator_cost": init_cost,
         "total_s": total,
     }
+
+
+def _init_generator_cost(gen_dir: Path) -> dict:
+    """The one-off cost of the generator a run was warm-started from: its own run's base,
+    collection, sensitivity and training (and its own initialisation, recursively). The run is
+    the local folder holding the data set it was trained on (RUN/dataset next to RUN/base)."""
+    meta_path = gen_dir / "generator.json"
+    if not meta_path.is_file():
+        raise WeightgenError(
+            f"the generator was warm-started from {gen_dir}, which is gone: its one-off cost "
+            "cannot be counted (restore it or evaluate another generator)"
+        )
+    meta = json.loads(meta_path.read_text())
+    run = Path(str(meta.get("dataset", "")).removeprefix("file://")).parent
+    if not (run / "base" / "metrics.json").is_file():
+        raise WeightgenError(
+            f"the generator {gen_dir} was trained on {meta.get('dataset')!r}, not a local run "
+            "folder with base/: its one-off cost cannot be counted"
+        )
+    return one_off_cost(run, meta, gen_dir)
 
 
 def run_benchmark(
@@ -598,7 +627,12 @@ def _cost_line(cost: dict) -> str:
         f"{cost['total_s']:.0f} s (base {cost['base_s'] or 0:.0f}, collection "
         f"{cost['collection_s']:.0f} over {cost['collection_concepts']} concepts, "
         + (f"sensitivity {cost['sensitivity_s']:.0f}, " if cost.get("sensitivity_s") else "")
-        + f"generator {cost['generator_s'] or 0:.0f})"
+        + f"generator {cost['generator_s'] or 0:.0f}"
+        + (
+            f", warm start from {cost['init_generator']}: {cost['init_generator_s']:.0f})"
+            if cost.get("init_generator")
+            else ")"
+        )
     )
 
 

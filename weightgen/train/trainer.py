@@ -145,6 +145,12 @@ class TrainConfig:
     # / 49%. The median swings ~1 dB between checkpoints (the 57 values have a gap at it); the
     # mean gain at 0.5 held
     text_noise: float = 0.0
+    # warm start: a fresh run's weights (and so its EMA) start from this exported generator's EMA
+    # weights instead of random ones; the model config (size, blocks, block size, text width)
+    # must be the same. For a new data set on the same LoRA layout (e.g. a better base, re-
+    # collected): the map from text to weights is learnt again from a trained network. A resumed
+    # run takes its weights from its checkpoint and ignores this. None: random init
+    init_from: str | None = None
 
     def image_loss_weight(self, step: int) -> float:
         """The image loss's weight at (0-based) training step `step`."""
@@ -349,6 +355,32 @@ def _trim_log(path: Path, keep_upto: int) -> None:
     path.write_text("".join(ln + "\n" for ln in kept))
 
 
+def load_init(gen_dir: str | os.PathLike) -> BlockDiT:
+    """The exported generator at `gen_dir` (its EMA weights), for `init_weights`.
+    TrainError when there is no complete generator there."""
+    root = Path(gen_dir)
+    if not (root / GENERATOR_JSON).is_file() or not (root / MODEL_DIR / "config.json").is_file():
+        raise TrainError(
+            f"init_from: no exported generator at {root} ({GENERATOR_JSON} or "
+            f"{MODEL_DIR}/config.json missing)"
+        )
+    return BlockDiT.from_pretrained(str(root / MODEL_DIR))
+
+
+def init_weights(model: BlockDiT, src: BlockDiT, what: str = "init_from") -> None:
+    """Copy `src`'s weights into `model` (in place). TrainError when their configs differ."""
+    mine, theirs = dict(model.config), dict(src.config)
+    diff = {
+        k: (theirs.get(k), mine.get(k))
+        for k in sorted(mine.keys() | theirs.keys())
+        if not k.startswith("_") and theirs.get(k) != mine.get(k)
+    }
+    if diff:
+        shown = ", ".join(f"{k}: {a} there, {b} here" for k, (a, b) in list(diff.items())[:4])
+        raise TrainError(f"{what}: that generator is another model ({shown})")
+    model.load_state_dict(src.state_dict(), strict=True)
+
+
 def _export(
     out: Path, engine, ema: EMA, data: TrainData | StreamData, cfg: TrainConfig, meta: dict
 ) -> None:
@@ -475,6 +507,8 @@ def train_generator(
             seed=cfg.seed, device=device, progress=progress and rank == 0,
         )  # fmt: skip
 
+    # read before OUT is touched: a wrong path fails here
+    init_src = load_init(cfg.init_from) if cfg.init_from is not None else None
     is_main = rank == 0
     start = _prepare_out(out, cfg, resume)
     dist.barrier()  # every rank has read OUT before rank 0 changes it
@@ -503,6 +537,8 @@ def train_generator(
     ).to(device)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if init_src is not None and start is None:
+        init_weights(model, init_src, f"init_from {cfg.init_from}")
     n_params = count_params(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(cfg.warmup_steps, 1)
