@@ -727,7 +727,14 @@ def _append_sections(md: Path, extra: dict) -> None:
         f"(sum of {cost['collection_concepts']} concept trainings), "
         + (f"sensitivity {cost['sensitivity_s']:.0f} s, " if cost.get("sensitivity_s") else "")
         + "generator "
-        f"{cost['generator_s'] or 0:.0f} s: **{cost['total_s']:.0f} s** in all",
+        f"{cost['generator_s'] or 0:.0f} s"
+        + (
+            f", the generator it was warm-started from ({cost['init_generator']}: its own base, "
+            f"collection, sensitivity and training) {cost['init_generator_s']:.0f} s"
+            if cost.get("init_generator")
+            else ""
+        )
+        + f": **{cost['total_s']:.0f} s** in all",
     ]
     for ref, v in pay.items():
         per = v["seconds_saved_per_concept"]
