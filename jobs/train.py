@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             image_loss_ramp=args.image_loss_ramp,
             base=args.base,
             text_noise=args.text_noise,
-            init_from=args.init,
+            # absolute: the benchmark finds it again to count its cost, from any directory
+            init_from=None if args.init is None else str(Path(args.init).resolve()),
         )
         summary = train_generator(
             args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress

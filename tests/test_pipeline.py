@@ -278,7 +278,7 @@ def test_warm_started_generator_counts_its_initialisation(run, tmp_path):
     )  # fmt: skip
     assert rc == 0
     meta = json.loads((warm / "generator.json").read_text())
-    assert meta["train_config"]["init_from"] == str(run / "generator")
+    assert meta["train_config"]["init_from"] == str((run / "generator").resolve())
     first = json.loads((run / "generator" / "generator.json").read_text())
     own = one_off_cost(run, first, run / "generator")
     cost = one_off_cost(run, meta, warm)
@@ -291,6 +291,12 @@ def test_warm_started_generator_counts_its_initialisation(run, tmp_path):
     gone = dict(meta, train_config=dict(meta["train_config"], init_from=str(tmp_path / "gone")))
     with pytest.raises(WeightgenError, match="warm-started from .* gone"):
         one_off_cost(run, gone, warm)
+    # a generator warm-started from its own folder (its initialisation overwritten): an error
+    looped = json.loads((warm / "generator.json").read_text())
+    looped["train_config"]["init_from"] = str(warm)
+    (warm / "generator.json").write_text(json.dumps(looped))
+    with pytest.raises(WeightgenError, match="chain returns to"):
+        one_off_cost(run, looped, warm)
 
 
 def test_derived_dataset_recut_is_exact(run, tmp_path):

@@ -391,7 +391,9 @@ def logged_train_seconds(gen_dir: Path, steps: int, batch: int) -> float | None:
     return total if rows and prev == steps else None
 
 
-def one_off_cost(run: Path, bundle_meta: dict, gen_dir: Path | None = None) -> dict:
+def one_off_cost(
+    run: Path, bundle_meta: dict, gen_dir: Path | None = None, _chain: tuple[Path, ...] = ()
+) -> dict:
     """Seconds spent once: base pre-training + collection (sum of per-concept training times of the
     accepted concepts, so cluster width does not flatter it) + the sensitivity measurement when the
     generator's loss used it + generator training (from `gen_dir`'s train_log.jsonl when it
@@ -425,7 +427,7 @@ def one_off_cost(run: Path, bundle_meta: dict, gen_dir: Path | None = None) -> d
     # a warm-started generator (train --init) also cost everything its initialisation cost
     init, init_cost = (bundle_meta.get("train_config") or {}).get("init_from"), None
     if init:
-        init_cost = _init_generator_cost(Path(init))
+        init_cost = _init_generator_cost(Path(init), _chain + ((gen_dir or run).resolve(),))
     total = sum(
         v for v in (base, collect, sens, gen, (init_cost or {}).get("total_s")) if v is not None
     )
@@ -443,10 +445,16 @@ def one_off_cost(run: Path, bundle_meta: dict, gen_dir: Path | None = None) -> d
     }
 
 
-def _init_generator_cost(gen_dir: Path) -> dict:
+def _init_generator_cost(gen_dir: Path, chain: tuple[Path, ...]) -> dict:
     """The one-off cost of the generator a run was warm-started from: its own run's base,
     collection, sensitivity and training (and its own initialisation, recursively). The run is
-    the local folder holding the data set it was trained on (RUN/dataset next to RUN/base)."""
+    the local folder holding the data set it was trained on (RUN/dataset next to RUN/base).
+    `chain`: the generators already counted (a warm start from itself is an error, not a loop)."""
+    if gen_dir.resolve() in chain:
+        raise WeightgenError(
+            f"the warm-start chain returns to {gen_dir} (a generator started from its own "
+            "folder): the cost of what it overwrote cannot be counted"
+        )
     meta_path = gen_dir / "generator.json"
     if not meta_path.is_file():
         raise WeightgenError(
@@ -460,7 +468,7 @@ def _init_generator_cost(gen_dir: Path) -> dict:
             f"the generator {gen_dir} was trained on {meta.get('dataset')!r}, not a local run "
             "folder with base/: its one-off cost cannot be counted"
         )
-    return one_off_cost(run, meta, gen_dir)
+    return one_off_cost(run, meta, gen_dir, chain)
 
 
 def run_benchmark(
