@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             image_loss_ramp=args.image_loss_ramp,
             base=args.base,
             text_noise=args.text_noise,
-            # absolute: the benchmark finds it again to count its cost, from any directory
-            init_from=None if args.init is None else str(Path(args.init).resolve()),
+            init_from=args.init,
         )
         summary = train_generator(
             args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress

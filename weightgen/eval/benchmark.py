@@ -428,9 +428,8 @@ def one_off_cost(
     init, init_cost = (bundle_meta.get("train_config") or {}).get("init_from"), None
     if init:
         init_cost = _init_generator_cost(Path(init), _chain + ((gen_dir or run).resolve(),))
-    total = sum(
-        v for v in (base, collect, sens, gen, (init_cost or {}).get("total_s")) if v is not None
-    )
+    init_s = None if init_cost is None else init_cost["total_s"]
+    total = sum(v for v in (base, collect, sens, gen, init_s) if v is not None)
     return {
         "base_s": base,
         "collection_s": collect,
@@ -439,7 +438,7 @@ def one_off_cost(
         "generator_s": gen,
         "generator_s_from": source,
         "init_generator": init,
-        "init_generator_s": None if init_cost is None else init_cost["total_s"],
+        "init_generator_s": init_s,
         "init_generator_cost": init_cost,
         "total_s": total,
     }

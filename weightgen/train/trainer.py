@@ -37,7 +37,14 @@ import torch.distributed as dist
 from torch import Tensor
 
 from weightgen.diffusion.model import SIZES, BlockDiT, block_dit, count_params
-from weightgen.diffusion.sampler import GENERATOR_JSON, LAYOUT_JSON, MODEL_DIR, STATS_FILE
+from weightgen.diffusion.sampler import (
+    GENERATOR_JSON,
+    LAYOUT_JSON,
+    MODEL_DIR,
+    STATS_FILE,
+    GeneratorError,
+    load_generator,
+)
 from weightgen.diffusion.schedule import (
     BETA_SCHEDULE,
     NUM_TRAIN_TIMESTEPS,
@@ -150,7 +157,7 @@ class TrainConfig:
     # must be the same. For a new data set on the same LoRA layout (e.g. a better base, re-
     # collected): the map from text to weights is learnt again from a trained network. A resumed
     # run takes its weights from its checkpoint and ignores this. None: random init
-    init_from: str | None = None
+    init_from: str | None = None  # stored absolute: the benchmark finds it again to count its cost
 
     def image_loss_weight(self, step: int) -> float:
         """The image loss's weight at (0-based) training step `step`."""
@@ -204,6 +211,8 @@ class TrainConfig:
         if not 0.0 <= self.last_t_frac <= 1.0:
             raise ConfigError(f"last_t_frac must be in [0, 1], got {self.last_t_frac}")
         self.model_overrides = dict(self.model_overrides)
+        if self.init_from is not None:
+            self.init_from = str(Path(self.init_from).resolve())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -356,15 +365,12 @@ def _trim_log(path: Path, keep_upto: int) -> None:
 
 
 def load_init(gen_dir: str | os.PathLike) -> BlockDiT:
-    """The exported generator at `gen_dir` (its EMA weights), for `init_weights`.
-    TrainError when there is no complete generator there."""
-    root = Path(gen_dir)
-    if not (root / GENERATOR_JSON).is_file() or not (root / MODEL_DIR / "config.json").is_file():
-        raise TrainError(
-            f"init_from: no exported generator at {root} ({GENERATOR_JSON} or "
-            f"{MODEL_DIR}/config.json missing)"
-        )
-    return BlockDiT.from_pretrained(str(root / MODEL_DIR))
+    """The exported generator at `gen_dir` (its EMA weights), for `init_weights`, through
+    `load_generator` and its completeness checks. TrainError when it cannot be loaded."""
+    try:
+        return load_generator(gen_dir).model
+    except GeneratorError as e:
+        raise TrainError(f"init_from: cannot start from {gen_dir}: {e}") from None
 
 
 def init_weights(model: BlockDiT, src: BlockDiT, what: str = "init_from") -> None:
