@@ -1,7 +1,11 @@
+import math
+
 import pytest
 
 from weightgen.eval.metrics import (
+    collapsed,
     eval_schedule,
+    log_step_quality,
     median_or_none,
     plateau_quality,
     plateaued,
@@ -116,6 +120,47 @@ def test_final_quality_is_the_median_of_the_last_three():
     assert plateau_quality(_curve([9])) == 9
     with pytest.raises(ValueError):
         plateau_quality([])
+
+
+def _steps_curve(points):
+    return [{"step": s, "time_s": s * 0.1, "psnr": q, "ssim": 0.5} for s, q in points]
+
+
+def test_log_step_quality_rewards_early_progress_and_counts_a_late_collapse():
+    # flat curves score their level; step 0 is left out (no log there)
+    assert log_step_quality(_steps_curve([(0, 5.0), (1, 20.0), (100, 20.0)])) == pytest.approx(20.0)
+    # linear in log(step) from 20 at step 1 to 30 at step 100: the mean is the midpoint
+    line = [(s, 20.0 + 10.0 * math.log(s) / math.log(100))
+            for s in (1, 10, 100)]  # fmt: skip
+    assert log_step_quality(_steps_curve(line)) == pytest.approx(25.0)
+    # same final quality, one gets there at step 10, the other at step 90: the early one wins
+    fast = _steps_curve([(0, 10.0), (1, 12.0), (10, 28.0), (90, 28.0), (600, 28.0)])
+    slow = _steps_curve([(0, 10.0), (1, 12.0), (10, 14.0), (90, 28.0), (600, 28.0)])
+    assert log_step_quality(fast) > log_step_quality(slow) + 3
+    # a run that peaks higher, then falls to 9 dB over the last half of its budget: on a log axis
+    # that half is a small share of the area, so the score alone may still prefer it; `collapsed`
+    # flags it (and the sweep ranks such rates last, test below)
+    crash = _steps_curve([(1, 20.0), (10, 30.0), (300, 31.0), (400, 10.0), (500, 9.0), (600, 9.0)])
+    steady = _steps_curve([(1, 20.0), (10, 27.0), (300, 28.0), (400, 28.0), (600, 28.0)])
+    assert log_step_quality(crash) < 30.0
+    assert collapsed(crash) and not collapsed(steady)
+    assert not collapsed(_steps_curve([(1, 20.0), (10, 30.0), (20, 28.0), (30, 28.0), (40, 28.0)]))
+    with pytest.raises(ValueError, match="step 1"):
+        log_step_quality(_steps_curve([(0, 5.0)]))
+
+
+def test_sweep_chooses_the_best_rate_that_never_collapsed():
+    from weightgen.eval.benchmark import choose_rate
+
+    cells = {
+        "0.001": {"score": 24.0, "final": 28.0, "collapsed": 0},
+        "0.003": {"score": 26.0, "final": 28.5, "collapsed": 0},
+        "0.01": {"score": 27.0, "final": 15.0, "collapsed": 2},  # best score, but it diverges
+    }
+    assert choose_rate(cells) == 0.003
+    # every rate collapsed somewhere: the best score among them all
+    worst = {k: {**v, "collapsed": 1} for k, v in cells.items()}
+    assert choose_rate(worst) == 0.01
 
 
 def test_plateau_rule():

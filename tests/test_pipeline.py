@@ -190,9 +190,33 @@ def test_bad_inputs_one_line(run, tmp_path, capsys):
     _one_line_error(capsys, rc, "unknown concept 'nope'")
 
 
+def _resweep_only_the_generated_row(run, out, sweep, monkeypatch):
+    from weightgen.eval import benchmark as B
+
+    stale = json.loads(json.dumps(sweep))
+    stale["keys"]["generated"]["generator"] = ["another generator"]
+    stale["table"]["lora-zero"] = {"0.001": {"score": 99.0, "final": 1.0, "collapsed": 0},
+                                   "0.005": {"score": 1.0, "final": 99.0, "collapsed": 0}}  # fmt: skip
+    (out / "sweep.json").write_text(json.dumps(stale))
+    swept, real = [], B.run_tasks
+
+    def spy(fn, jobs, **kw):
+        swept.extend(sorted(j["inits"]) for j in jobs)
+        return real(fn, jobs, **kw)
+
+    monkeypatch.setattr(B, "run_tasks", spy)
+    cfg = B.BenchConfig(sweep_concepts=1, sweep_steps=3, sweep_lrs=(1e-3, 5e-3),
+                        lrs={"scratch": 0.002}, workers=1)  # fmt: skip
+    again = B.sweep_learning_rates(B._Context(run, run / "generator"), cfg, out)
+    assert swept and all(methods == ["generated"] for methods in swept)
+    assert again["best"]["lora-zero"] == 1e-3  # the kept row decides (score 99 at 1e-3)
+    assert again["table"]["generated"] == sweep["table"]["generated"]  # same seed, same runs
+    assert json.loads((out / "sweep.json").read_text())["keys"] == sweep["keys"]
+
+
 @pytest.mark.slow
 @pytest.mark.ray
-def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
+def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     """The whole benchmark on a miniature run, fine-tunes as Ray tasks: report contract, the
     learning rates come from the sweep grid, sweep on training concepts only, ablation rows."""
     from weightgen.concepts import concepts
@@ -226,6 +250,14 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys):
     assert sweep["concepts"] and not set(sweep["concepts"]) & held
     assert rep["learning_rates"]["scratch"] == 0.002  # fixed on the command line: not swept
     assert "scratch" not in sweep["table"]
+    from weightgen.eval.benchmark import choose_rate
+
+    for m, cells in sweep["table"].items():  # every rate scored and checked for a collapse
+        assert set(cells) == {"0.001", "0.005"}
+        assert all(set(c) == {"score", "final", "collapsed"} for c in cells.values())
+        assert sweep["best"][m] == choose_rate(cells)
+    # the sweep is cached per method: with another generator only `generated` is swept again
+    _resweep_only_the_generated_row(run, out, sweep, monkeypatch)
     for m in ("lora-zero", "generated", "nearest", "mean"):
         assert rep["learning_rates"][m] in (1e-3, 5e-3)
     for methods in rep["runs"].values():

@@ -4,8 +4,10 @@ the same images, seeds and evaluation schedule, with learning rates chosen on tr
 Protocol (issue 4; DESIGN.md report contract):
   1. step 0: base, generated (one DDIM step), nearest and mean training LoRA on every held-out concept;
   2. learning-rate sweep on training concepts only (never held-out ones): each method's rate is the
-     one with the best median final PSNR over the sweep concepts; for `nearest` the concept's own
-     LoRA is excluded from the pool (it would be its own nearest neighbour);
+     one with the best median quality over log(step) (`metrics.log_step_quality`: early progress,
+     as time to target measures, and the end) over the sweep concepts, among the rates whose runs
+     never collapse (end > 3 dB under their peak); for `nearest` the concept's own LoRA is
+     excluded from the pool (it would be its own nearest neighbour);
   3. fine-tunes on `per_family` held-out concepts of every family: scratch (pix2pix U-Net) until its
      PSNR plateaus, every base + LoRA method for `lora_steps` steps; one task per concept, in-process
      or as Ray tasks (`jobs/evaluate.py`);
@@ -296,39 +298,69 @@ def _a_init(g) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in lora_state_dict(g).items()}
 
 
-def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
-    """Best rate per method on training concepts (cached in out/sweep.json for the same settings)."""
-    from weightgen.eval.metrics import median, plateau_quality
+SWEEP_CRITERION = "median log-step quality; rates with a collapsed run (end > 3 dB under peak) last"
 
-    methods = [m for m in TRAINED if m not in cfg.lrs]
-    key = {
+
+def choose_rate(cells: dict[str, dict]) -> float:
+    """The rate (keys: repr of a float) with the best median log-step quality among those with no
+    collapsed run; if every rate collapsed somewhere, the best score among all of them."""
+    stable = {k: v for k, v in cells.items() if not v["collapsed"]} or cells
+    return float(max(stable, key=lambda k: stable[k]["score"]))
+
+
+def sweep_keys(ctx: _Context, cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
+    """What each method's sweep result depends on; a cached row is reused only under its own key,
+    so a retrained generator re-sweeps `generated` alone, not the baselines."""
+    common = {
+        "run": str(Path(ctx.run).resolve()),
         "sweep_lrs": list(cfg.sweep_lrs),
         "sweep_concepts": cfg.sweep_concepts,
         "sweep_steps": cfg.sweep_steps,
+        "eval_every": cfg.eval_every,
+        "seed": cfg.seed,
+        "criterion": SWEEP_CRITERION,
+    }
+    gen = {
         # the generator's identity: a retrained one is swept again
         "generator": [
             ctx.bundle.meta.get("layout_hash"),
             (ctx.bundle.meta.get("summary") or {}).get("steps"),
             (ctx.bundle.meta.get("summary") or {}).get("final_loss"),
         ],
-        "methods": methods,
         "sample_steps": cfg.sample_steps,
         "empty_text": cfg.empty_text,
     }
-    path = out / "sweep.json"
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return cached
+    return {m: {**common, **(gen if m == "generated" else {})} for m in methods}
+
+
+def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
+    """Best rate per method on training concepts. Cached in out/sweep.json per method: a method
+    whose settings (`sweep_keys`) are unchanged keeps its row and is not trained again."""
+    from weightgen.eval.metrics import collapsed, log_step_quality, median, plateau_quality
+
+    methods = [m for m in TRAINED if m not in cfg.lrs]
+    keys = sweep_keys(ctx, cfg, methods)
     if not methods or cfg.sweep_concepts == 0:
-        return {"key": key, "best": {}, "table": {}}
+        return {"keys": keys, "best": {}, "table": {}}
+    path = out / "sweep.json"
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    table: dict[str, dict[str, Any]] = {
+        m: cached["table"][m]
+        for m in methods
+        if (cached.get("keys") or {}).get(m) == keys[m] and m in (cached.get("table") or {})
+    }
+    todo = [m for m in methods if m not in table]
+    if not todo:
+        best = {m: choose_rate(table[m]) for m in methods}
+        return {"keys": keys, "concepts": cached["concepts"], "best": best, "table": table}
     # one training concept from each of k families spread evenly over the catalogue's order
     # (never a held-out one), so the rates are not tuned on the colour families alone
     first = select_concepts("train", 1)
     k = min(cfg.sweep_concepts, len(first))
     picks = [first[(i * len(first)) // k] for i in range(k)]
-    gen, _ = ctx.generate([c.text for c in picks], cfg.sample_steps)
-    tb = ctx.enc.encode([c.text for c in picks])
+    texts = [c.text for c in picks]
+    gen = ctx.generate(texts, cfg.sample_steps)[0] if "generated" in todo else [None] * k
+    tb = ctx.enc.encode(texts)
     jobs = []
     for i, c in enumerate(picks):
         nl, nid, _ = ctx.baselines.nearest(tb.pooled[i], exclude=c.id)
@@ -347,27 +379,35 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
                     concept_id=c.id,
                     tokens=tb.tokens[i],
                     mask=tb.mask[i],
-                    inits={m: inits[m] for m in methods},
-                    lrs={m: lr for m in methods},
+                    inits={m: inits[m] for m in todo},
+                    lrs={m: lr for m in todo},
+                    # the LoRA methods run every sweep step (no plateau stop), so a collapse
+                    # late in the budget is seen
                     cfg=dataclasses.replace(
-                        cfg, lora_steps=cfg.sweep_steps, scratch_max_steps=cfg.sweep_steps
+                        cfg,
+                        lora_steps=cfg.sweep_steps,
+                        scratch_max_steps=cfg.sweep_steps,
+                        lora_plateau=False,
                     ),
                     preview=0,
                 )
             )
     results = run_tasks(concept_runs, jobs, workers=cfg.workers, desc="lr sweep")
-    table: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    for m in methods:
+    for m in todo:
+        table[m] = {}
         for lr in cfg.sweep_lrs:
-            finals = [
-                plateau_quality(res["runs"][m]["curve"])
-                for res, job in zip(results, jobs)
-                if job["lrs"][m] == lr
+            curves = [
+                res["runs"][m]["curve"] for res, job in zip(results, jobs) if job["lrs"][m] == lr
             ]
-            table[m][repr(lr)] = median(finals)
-    best = {m: float(max(table[m], key=lambda k: table[m][k])) for m in methods}
+            table[m][repr(lr)] = {
+                "score": median(log_step_quality(c) for c in curves),
+                "final": median(plateau_quality(c) for c in curves),
+                "collapsed": sum(collapsed(c) for c in curves),
+            }
+    table = {m: table[m] for m in methods}  # TRAINED order
+    best = {m: choose_rate(table[m]) for m in methods}
     out.mkdir(parents=True, exist_ok=True)
-    result = {"key": key, "concepts": [c.id for c in picks], "best": best, "table": table}
+    result = {"keys": keys, "concepts": [c.id for c in picks], "best": best, "table": table}
     path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -702,6 +742,15 @@ def render_report(
     return {"summary": summary, **extra}
 
 
+def _sweep_cell(c: dict | float | None) -> str:
+    if c is None:
+        return "—"
+    if not isinstance(c, dict):  # a sweep.json written before the log-step score: final PSNR only
+        return f"{c:.2f}"
+    crash = f", {c['collapsed']} collapsed" if c["collapsed"] else ""
+    return f"{c['score']:.2f} / {c['final']:.2f}{crash}"
+
+
 def _append_sections(md: Path, extra: dict) -> None:
     """Sweep, one-off cost and ablation tables after the main report."""
     lines = ["", "## Learning rates (sweep on training concepts, never held-out ones)", ""]
@@ -709,18 +758,17 @@ def _append_sections(md: Path, extra: dict) -> None:
     if table:
         rates = sorted({float(r) for v in table.values() for r in v})
         lines += [
-            "Median final PSNR (dB) over " + ", ".join(extra["sweep"].get("concepts", [])) + ":",
+            "Over " + ", ".join(extra["sweep"].get("concepts", [])) + ", per rate: median PSNR "
+            "over log(step) (the score) / median final PSNR (dB), and runs that collapsed "
+            "(ended > 3 dB under their peak). The chosen rate has the best score among rates "
+            "with no collapse.",
             "",
             "| method | " + " | ".join(f"lr {r:g}" for r in rates) + " | chosen |",
             "|---" * (len(rates) + 2) + "|",
         ]
         for m, v in table.items():
-            cells = [v.get(repr(r)) for r in rates]
-            lines.append(
-                f"| {m} | "
-                + " | ".join("—" if c is None else f"{c:.2f}" for c in cells)
-                + f" | {extra['learning_rates'][m]:g} |"
-            )
+            cells = [_sweep_cell(v.get(repr(r))) for r in rates]
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {extra['learning_rates'][m]:g} |")
     else:
         lines.append(
             "Rates: " + ", ".join(f"{k} {v:g}" for k, v in extra["learning_rates"].items())

@@ -92,6 +92,27 @@ def plateau_quality(curve: Sequence[dict], *, metric: str = "psnr", last: int = 
     return statistics.median(p[metric] for p in curve[-last:])
 
 
+def log_step_quality(curve: Sequence[dict], *, metric: str = "psnr") -> float:
+    """Mean quality over log(step) from step 1 to the curve's last step (trapezoids between the
+    measurements; step 0 cannot sit on a log axis and is left out). One number that rewards what
+    the benchmark measures, reaching a quality early, and still counts the end: a run that
+    collapses late loses the area it falls by. A curve with one measurement at or after step 1
+    scores that measurement."""
+    pts = [(math.log(p["step"]), float(p[metric])) for p in curve if p["step"] >= 1]
+    if not pts:
+        raise ValueError("no measurement at or after step 1")
+    if len(pts) == 1 or pts[-1][0] == pts[0][0]:
+        return pts[-1][1]
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(pts, pts[1:]))
+    return area / (pts[-1][0] - pts[0][0])
+
+
+def collapsed(curve: Sequence[dict], *, drop: float = 3.0, metric: str = "psnr") -> bool:
+    """True when the run's final quality (`plateau_quality`) ends more than `drop` below the best
+    it measured: it diverged after a peak (a GAN fine-tune at too high a rate)."""
+    return plateau_quality(curve, metric=metric) < max(p[metric] for p in curve) - drop
+
+
 def plateaued(
     curve: Sequence[dict],
     *,
