@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from weightgen.config import Preset
 from weightgen.errors import ConfigError, WeightgenError
+from weightgen.eval.metrics import COLLAPSE_DB
 
 TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean")
 
@@ -298,7 +299,10 @@ def _a_init(g) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in lora_state_dict(g).items()}
 
 
-SWEEP_CRITERION = "median log-step quality; rates with a collapsed run (end > 3 dB under peak) last"
+SWEEP_CRITERION = (
+    "median log-step quality; "
+    f"rates with a collapsed run (end > {COLLAPSE_DB:g} dB under peak) last"
+)
 
 
 def choose_rate(cells: dict[str, dict]) -> float:
@@ -760,8 +764,8 @@ def _append_sections(md: Path, extra: dict) -> None:
         lines += [
             "Over " + ", ".join(extra["sweep"].get("concepts", [])) + ", per rate: median PSNR "
             "over log(step) (the score) / median final PSNR (dB), and runs that collapsed "
-            "(ended > 3 dB under their peak). The chosen rate has the best score among rates "
-            "with no collapse.",
+            f"(ended > {COLLAPSE_DB:g} dB under their peak). The chosen rate has the best score "
+            "among rates with no collapse.",
             "",
             "| method | " + " | ".join(f"lr {r:g}" for r in rates) + " | chosen |",
             "|---" * (len(rates) + 2) + "|",

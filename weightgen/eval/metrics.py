@@ -107,7 +107,12 @@ def log_step_quality(curve: Sequence[dict], *, metric: str = "psnr") -> float:
     return area / (pts[-1][0] - pts[0][0])
 
 
-def collapsed(curve: Sequence[dict], *, drop: float = 3.0, metric: str = "psnr") -> bool:
+# dB a run may end under its own peak before it counts as collapsed (`collapsed`; the benchmark's
+# sweep ranks such rates last)
+COLLAPSE_DB = 3.0
+
+
+def collapsed(curve: Sequence[dict], *, drop: float = COLLAPSE_DB, metric: str = "psnr") -> bool:
     """True when the run's final quality (`plateau_quality`) ends more than `drop` below the best
     it measured: it diverged after a peak (a GAN fine-tune at too high a rate)."""
     return plateau_quality(curve, metric=metric) < max(p[metric] for p in curve) - drop
