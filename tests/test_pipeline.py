@@ -292,6 +292,17 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     # ... and with the run and generator given, the one-off cost is measured again, the same
     recost = render_report(out, run=run, generator=run / "generator")
     assert recost["one_off_cost"] == rep["one_off_cost"]  # the same log and files: exact
+    assert "over log(step) (the score)" in md
+    # a report whose sweep predates the log-step score (one final PSNR per rate) keeps its header
+    old = json.loads((out / "report.json").read_text())
+    table = old["sweep"]["table"]
+    old["sweep"]["table"] = {m: {r: c["final"] for r, c in v.items()} for m, v in table.items()}
+    (out / "report.json").write_text(json.dumps(old))
+    render_report(out)
+    md3 = (out / "report.md").read_text()
+    assert "Median final PSNR (dB) over" in md3 and "log(step)" not in md3
+    final = f"{next(iter(next(iter(table.values())).values()))['final']:.2f}"
+    assert f"| {next(iter(table))} | {final} |" in md3
 
 
 @pytest.mark.slow

@@ -761,11 +761,16 @@ def _append_sections(md: Path, extra: dict) -> None:
     table = extra["sweep"].get("table") or {}
     if table:
         rates = sorted({float(r) for v in table.values() for r in v})
+        over = ", ".join(extra["sweep"].get("concepts", []))
+        scored = any(isinstance(c, dict) for v in table.values() for c in v.values())
         lines += [
-            "Over " + ", ".join(extra["sweep"].get("concepts", [])) + ", per rate: median PSNR "
-            "over log(step) (the score) / median final PSNR (dB), and runs that collapsed "
-            f"(ended > {COLLAPSE_DB:g} dB under their peak). The chosen rate has the best score "
-            "among rates with no collapse.",
+            (
+                f"Over {over}, per rate: median PSNR over log(step) (the score) / median final "
+                f"PSNR (dB), and runs that collapsed (ended > {COLLAPSE_DB:g} dB under their "
+                "peak). The chosen rate has the best score among rates with no collapse."
+                if scored  # a report from before the log-step score: final PSNR only
+                else f"Median final PSNR (dB) over {over}:"
+            ),
             "",
             "| method | " + " | ".join(f"lr {r:g}" for r in rates) + " | chosen |",
             "|---" * (len(rates) + 2) + "|",
