@@ -52,6 +52,35 @@ def test_unknown_preset(capsys, tmp_path):
     _assert_one_line_error(rc, err, "unknown preset 'huge'", "tiny")
 
 
+def test_preset_overrides_are_typed_and_validated():
+    from weightgen.config import ConfigError, Preset, get_preset
+
+    p = get_preset(
+        "tiny", ["gan.channels=16", "lora.rank=4", "concept.lr=1e-3", "lora.targets=stem,head"]
+    )
+    assert p.gan.channels == 16 and isinstance(p.gan.channels, int)
+    assert p.lora.rank == 4 and p.concept.lr == 1e-3
+    assert p.lora.targets == ("stem", "head")
+    assert Preset.from_dict(p.to_dict()) == p  # saved with the base and read back the same
+    assert get_preset("tiny") == Preset(name="tiny")  # overrides never leak into the preset
+    for bad, needle in [
+        ("gan.channels", "expected section.field=value"),
+        ("gan.width=16", "no field 'width'"),
+        ("model.channels=16", "unknown section 'model'"),
+        ("gan.channels=wide", "'wide' is not a valid int"),
+        ("gan.heads=3", "must divide by heads"),  # the typed value still meets validation
+        ("lora.rank=0", "rank must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            get_preset("tiny", [bad])
+
+
+def test_base_override_error_is_one_line(capsys, tmp_path):
+    rc, _, err = _run(capsys, "base", "--out", str(tmp_path / "run"), "--set", "gan.channels=wide")
+    _assert_one_line_error(rc, err, "'wide' is not a valid int")
+    assert not (tmp_path / "run" / "base").exists()
+
+
 def test_non_writable_output(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")  # a regular file where a folder should go: not writable even as root

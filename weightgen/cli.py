@@ -58,7 +58,7 @@ def cmd_base(args) -> int:
     from weightgen.config import get_preset
     from weightgen.gan import build_base, is_complete
 
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset, args.set or ())
     out = Path(args.out) / "base"
     if is_complete(out) and not args.force:
         print(f"base already trained at {out} (use --force to retrain)")
@@ -358,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--preset", default="tiny")
     pb.add_argument("--out", required=True, help="run folder")
     pb.add_argument("--steps", type=int, default=None)
+    pb.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="override a preset field, e.g. gan.channels=16 (repeatable; saved with the base, "
+        "which collection, training and evaluation read)",
+    )
     pb.add_argument("--force", action="store_true")
     pb.set_defaults(func=cmd_base)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,53 @@ def _paper() -> Preset:
 PRESETS = {"tiny": _tiny, "paper": _paper}
 
 
-def get_preset(name: str) -> Preset:
+def get_preset(name: str, overrides: Sequence[str] = ()) -> Preset:
+    """A named preset, with `overrides` ("section.field=value", e.g. "gan.channels=16") applied.
+    Values are typed by the field they replace; the result is validated like a loaded preset."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name]()
+    preset = PRESETS[name]()
+    return override(preset, overrides) if overrides else preset
+
+
+_SECTIONS = ("gan", "lora", "concept", "base", "collect")
+
+
+def override(preset: Preset, items: Sequence[str]) -> Preset:
+    """A copy of `preset` with each "section.field=value" (or "text_model=value") applied."""
+    d = preset.to_dict()
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, _, name = key.strip().rpartition(".")
+        if not sep or not name:
+            raise ConfigError(
+                f"override {item!r}: expected section.field=value, e.g. gan.channels=16"
+            )
+        if section and section not in _SECTIONS:
+            raise ConfigError(f"override {item!r}: unknown section {section!r}; one of {_SECTIONS}")
+        target = d[section] if section else d
+        if name not in target or (not section and name in _SECTIONS):
+            fields = sorted(target) if section else ["name", "text_model"]
+            raise ConfigError(f"override {item!r}: no field {name!r}; fields: {fields}")
+        target[name] = _typed(item, target[name], raw.strip())
+    return Preset.from_dict(d)
+
+
+def _typed(item: str, current: Any, raw: str) -> Any:
+    """`raw` parsed as the type of the value it replaces (bool, int, float, str or a tuple of str)."""
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, (list, tuple)):
+            return tuple(v.strip() for v in raw.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(
+            f"override {item!r}: {raw!r} is not a valid {type(current).__name__}"
+        ) from None
+    return raw
