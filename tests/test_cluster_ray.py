@@ -50,7 +50,7 @@ class RayHead:
 
     def __init__(self, env: dict):
         self.tmp = Path(tempfile.mkdtemp(prefix="wgray-", dir="/tmp"))  # short: socket paths
-        self.port, self.dash, self.client = free_ports(3)
+        self.port, self.dash, self.client, *self.agent_ports = free_ports(7)
         self.env = env
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dash}"
@@ -68,6 +68,21 @@ class RayHead:
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dash}",
             f"--ray-client-server-port={self.client}",
+            # the agents' fixed default ports (52365 and others) are taken when another Ray runs
+            # on the machine (e.g. a local collection); the job agent then never registers and
+            # `ray job submit` answers "No available agent"
+            *(
+                f"--{name}={port}"
+                for name, port in zip(
+                    (
+                        "dashboard-agent-listen-port",
+                        "dashboard-agent-grpc-port",
+                        "runtime-env-agent-port",
+                        "metrics-export-port",
+                    ),
+                    self.agent_ports,
+                )
+            ),
             f"--temp-dir={self.tmp}",
             "--disable-usage-stats",
         ]
@@ -249,7 +264,8 @@ def snapshot(tmp_path_factory) -> Path:
 def _submit(head: RayHead, cwd: Path, *args: str) -> str:
     env = {**head.env, "RAY_ADDRESS": head.dashboard}
     argv = [str(BIN / "ray"), "job", "submit", "--runtime-env", "cluster/runtime_env.yaml", "--"]
-    for _attempt in range(5):
+    deadline = time.monotonic() + 60  # safety net: the agent normally answers within seconds
+    while True:
         r = subprocess.run(
             argv + ["python", "jobs/collect.py", *args],
             cwd=cwd,
@@ -261,6 +277,8 @@ def _submit(head: RayHead, cwd: Path, *args: str) -> str:
         # a head whose dashboard agent is still starting answers "No available agent to submit
         # job, please try again later" (seen on a loaded 2-core machine): Ray's own advice
         if r.returncode == 0 or "No available agent" not in r.stderr:
+            break
+        if time.monotonic() > deadline:
             break
         time.sleep(3.0)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
