@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from _probe import probe_step
 
 from weightgen.concepts import get_concept
 from weightgen.eval.benchmark import _Context
@@ -20,7 +21,7 @@ from weightgen.eval.metrics import eval_schedule, plateau_quality
 from weightgen.eval.newconcept import eval_pairs, train_pairs
 from weightgen.gan.lora import lora_trainable
 from weightgen.gan.models import E2GANGenerator, PatchDiscriminator
-from weightgen.gan.train import _gan_step, build_concept_model, evaluate, to_model
+from weightgen.gan.train import build_concept_model, evaluate
 
 
 def run(ctx, c, tokens, mask, variant, steps=600, lr=3e-3, seed=0):
@@ -55,19 +56,7 @@ def run(ctx, c, tokens, mask, variant, steps=600, lr=3e-3, seed=0):
     g.train()
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
-        idx = torch.randint(0, xs.shape[0], (4,), generator=gen)
-        _gan_step(
-            g,
-            d,
-            og,
-            od,
-            to_model(xs[idx]),
-            to_model(ys[idx]),
-            tok.expand(4, -1, -1),
-            msk.expand(4, -1),
-            100.0,
-            1.0,
-        )
+        probe_step(g, d, og, od, xs, ys, tok, msk, gen)
         el += time.perf_counter() - t0
         if step in at:
             curve.append({"step": step, "time_s": el, "psnr": evaluate(g, ex, ey, tok, msk)[0]})

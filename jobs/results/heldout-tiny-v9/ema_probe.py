@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 import torch
+from _probe import probe_step
 
 from weightgen.eval.benchmark import _Context, select_concepts
 from weightgen.eval.metrics import eval_schedule
 from weightgen.eval.newconcept import eval_pairs, train_pairs
 from weightgen.gan.lora import lora_trainable
 from weightgen.gan.models import PatchDiscriminator
-from weightgen.gan.train import _gan_step, build_concept_model, evaluate, to_model
+from weightgen.gan.train import build_concept_model, evaluate
 
 DECAYS = (0.0, 0.9, 0.97)
 
@@ -63,19 +64,7 @@ def run(ctx, c, tokens, mask, method, init, steps, lr, seed=0):
     g.train()
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
-        idx = torch.randint(0, xs.shape[0], (4,), generator=gen)
-        _gan_step(
-            g,
-            d,
-            og,
-            od,
-            to_model(xs[idx]),
-            to_model(ys[idx]),
-            tok.expand(4, -1, -1),
-            msk.expand(4, -1),
-            100.0,
-            1.0,
-        )
+        probe_step(g, d, og, od, xs, ys, tok, msk, gen)
         with torch.no_grad():
             for k, e in emas.items():
                 b = min(k, (1 + step) / (10 + step))
