@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 import torch
-from _probe import probe_step
+from _probe import probe_setup, probe_step
 
 from weightgen.concepts import get_concept
 from weightgen.eval.benchmark import _Context
 from weightgen.eval.metrics import eval_schedule, plateau_quality
-from weightgen.eval.newconcept import eval_pairs, train_pairs
 from weightgen.gan.lora import lora_trainable
-from weightgen.gan.models import E2GANGenerator, PatchDiscriminator
+from weightgen.gan.models import E2GANGenerator
 from weightgen.gan.train import build_concept_model, evaluate
 
 
@@ -43,12 +42,7 @@ def run(ctx, c, tokens, mask, variant, steps=600, lr=3e-3, seed=0):
         )
         g = build_concept_model("lora", pre.gan, lc, ctx.base_state)
         params = lora_trainable(g)
-    d = PatchDiscriminator(pre.gan.disc_ndf, pre.gan.disc_layers)
-    og = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
-    od = torch.optim.Adam(d.parameters(), lr=pre.concept.disc_lr, betas=(0.5, 0.999))
-    xs, ys = train_pairs(c, pre)
-    ex, ey = eval_pairs(c, pre)
-    tok, msk = tokens[None], mask[None]
+    d, og, od, (xs, ys), (ex, ey), tok, msk = probe_setup(pre, params, lr, c, tokens, mask)
     at = set(eval_schedule(steps, every=25))
     gen = torch.Generator().manual_seed(seed)
     curve = [{"step": 0, "time_s": 0.0, "psnr": evaluate(g, ex, ey, tok, msk)[0]}]

@@ -14,13 +14,11 @@ import time
 from pathlib import Path
 
 import torch
-from _probe import probe_step
+from _probe import probe_setup, probe_step
 
 from weightgen.eval.benchmark import _Context, select_concepts
 from weightgen.eval.metrics import eval_schedule
-from weightgen.eval.newconcept import eval_pairs, train_pairs
 from weightgen.gan.lora import lora_trainable
-from weightgen.gan.models import PatchDiscriminator
 from weightgen.gan.train import build_concept_model, evaluate
 
 DECAYS = (0.0, 0.9, 0.97)
@@ -33,12 +31,7 @@ def run(ctx, c, tokens, mask, method, init, steps, lr, seed=0):
         "scratch" if method == "scratch" else "lora", pre.gan, pre.lora, ctx.base_state, init
     )
     params = list(g.parameters()) if method == "scratch" else lora_trainable(g)
-    d = PatchDiscriminator(pre.gan.disc_ndf, pre.gan.disc_layers)
-    og = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
-    od = torch.optim.Adam(d.parameters(), lr=pre.concept.disc_lr, betas=(0.5, 0.999))
-    xs, ys = train_pairs(c, pre)
-    ex, ey = eval_pairs(c, pre)
-    tok, msk = tokens[None], mask[None]
+    d, og, od, (xs, ys), (ex, ey), tok, msk = probe_setup(pre, params, lr, c, tokens, mask)
     emas = {k: [p.detach().clone() for p in params] for k in DECAYS if k > 0}
     curves = {k: [] for k in DECAYS}
     at = set(eval_schedule(steps, every=25))
