@@ -9,7 +9,7 @@ import json
 import statistics
 import sys
 
-from weightgen.eval.metrics import plateau_quality, plateaued, time_to_target
+from weightgen.eval.metrics import plateau_quality, plateaued, speedups, time_to_target
 
 res = {}
 for f in glob.glob(sys.argv[1]):
@@ -25,36 +25,24 @@ def trunc(curve, patience=300):
     return out
 
 
-def trunc_lora(curve, patience=300):
-    return trunc(curve, patience)
-
-
 for k in ("0.0", "0.9", "0.97"):
     rows = {"scratch": [], "generated": [], "lora-zero": [], "nearest": []}
     finals = {m: [] for m in rows}
-    sp, spz = [], []
     for _cid, r in res.items():
         if "nearest" not in r:
             continue
         sc = trunc(r["scratch"][k])
         tgt = plateau_quality(sc)
-        ts = {}
         for m in rows:
-            cv = sc if m == "scratch" else trunc_lora(r[m][k])
+            cv = sc if m == "scratch" else trunc(r[m][k])
             finals[m].append(plateau_quality(cv))
-            t, s = time_to_target(cv, tgt)
-            ts[m] = s
-            rows[m].append(s)
-        f = ts["generated"]
-        sp.append(0 if f is None else ts["scratch"] / max(f, 1))
-        spz.append(
-            (0 if ts["lora-zero"] is None else float("inf"))
-            if f is None
-            else (ts["lora-zero"] or 1e9) / max(f, 1)
-        )
-    n = len(sp)
+            rows[m].append(time_to_target(cv, tgt)[1])
+    # the benchmark's own ratio rule (metrics.speedups), here on steps
+    sp = speedups(rows["scratch"], rows["generated"])["median"]
+    spz = speedups(rows["lora-zero"], rows["generated"])["median"]
     print(
-        f"decay {k} (n={n}) speedup(steps) scratch/gen median {statistics.median(sp):.2f}  lora-zero/gen {statistics.median(spz):.2f}"
+        f"decay {k} (n={len(rows['scratch'])}) speedup(steps) scratch/gen median {sp:.2f}  "
+        f"lora-zero/gen {spz:.2f}"
     )
     for m in rows:
         v = [1e9 if s is None else s for s in rows[m]]
