@@ -112,6 +112,16 @@ class CollectConfig:
     max_psnr_drop: float = 0.5  # final PSNR may not be this much below step 0
 
 
+# Preset's typed sections: {field name: config class} (from_dict and `override` read it)
+_SECTIONS = {
+    "gan": GANConfig,
+    "lora": LoRAConfig,
+    "concept": ConceptTrainConfig,
+    "base": BaseTrainConfig,
+    "collect": CollectConfig,
+}
+
+
 @dataclass
 class Preset:
     name: str
@@ -128,14 +138,7 @@ class Preset:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preset:
         d = dict(d)
-        kinds = {
-            "gan": GANConfig,
-            "lora": LoRAConfig,
-            "concept": ConceptTrainConfig,
-            "base": BaseTrainConfig,
-            "collect": CollectConfig,
-        }
-        for key, kind in kinds.items():
+        for key, kind in _SECTIONS.items():
             if key in d:
                 sub = dict(d[key])
                 known = {f.name for f in dataclasses.fields(kind)}
@@ -193,9 +196,6 @@ def get_preset(name: str, overrides: Sequence[str] = ()) -> Preset:
     return override(preset, overrides) if overrides else preset
 
 
-_SECTIONS = ("gan", "lora", "concept", "base", "collect")
-
-
 def override(preset: Preset, items: Sequence[str]) -> Preset:
     """A copy of `preset` with each "section.field=value" (or "text_model=value") applied."""
     d = preset.to_dict()
@@ -207,10 +207,12 @@ def override(preset: Preset, items: Sequence[str]) -> Preset:
                 f"override {item!r}: expected section.field=value, e.g. gan.channels=16"
             )
         if section and section not in _SECTIONS:
-            raise ConfigError(f"override {item!r}: unknown section {section!r}; one of {_SECTIONS}")
+            raise ConfigError(
+                f"override {item!r}: unknown section {section!r}; one of {tuple(_SECTIONS)}"
+            )
         target = d[section] if section else d
         if name not in target or (not section and name in _SECTIONS):
-            fields = sorted(target) if section else ["name", "text_model"]
+            fields = sorted(target) if section else sorted(set(d) - set(_SECTIONS))
             raise ConfigError(f"override {item!r}: no field {name!r}; fields: {fields}")
         target[name] = _typed(item, target[name], raw.strip())
     return Preset.from_dict(d)
