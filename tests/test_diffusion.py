@@ -285,6 +285,44 @@ def test_single_step_is_one_x0_prediction_at_the_last_timestep():
     torch.testing.assert_close(out, ref)
 
 
+def test_refining_an_init_is_one_x0_prediction_from_it_noised_to_the_strength():
+    """SDEdit: strength s starts at t0 = round(s * 999) from sqrt(abar) init + sqrt(1 - abar)
+    noise; a lower strength keeps more of the init; strength 1 without init is the plain path."""
+    from weightgen.diffusion import make_ddim_scheduler
+
+    m = jitter(small())
+    pooled, tokens, mask = text(2)
+    init = torch.randn(2, N, S, generator=torch.Generator().manual_seed(9))
+    noise = torch.randn(2, N, S, generator=torch.Generator().manual_seed(5))
+    abar = make_ddim_scheduler().alphas_cumprod
+
+    def s(strength, steps=1, x=init):
+        g = torch.Generator().manual_seed(5)
+        return sample_blocks(
+            m, pooled, tokens, mask, steps=steps, generator=g, init=x, strength=strength
+        )
+
+    for strength, t0 in ((0.5, 500), (0.3, 300)):
+        xt = abar[t0].sqrt() * init + (1 - abar[t0]).sqrt() * noise
+        ref = run(m, xt, t=torch.tensor([t0, t0]), txt=(pooled, tokens, mask),
+                  drop=torch.zeros(2, dtype=torch.bool))  # fmt: skip
+        torch.testing.assert_close(s(strength), ref)
+    # the prediction moves with the init, the less the more noise covers it
+    other = init.flip(0)
+    gap = {st: (s(st) - s(st, x=other)).abs().mean().item() for st in (0.2, 1.0)}
+    assert gap[0.2] > 10 * gap[1.0]
+    plain = sample_blocks(
+        m, pooled, tokens, mask, steps=4, generator=torch.Generator().manual_seed(5)
+    )
+    assert s(1.0, steps=4, x=None).equal(plain)
+    assert s(0.5, steps=4).shape == (2, N, S)  # DDIM over the trailing steps <= 500
+    for bad, msg in ((dict(strength=0.0), "strength"), (dict(strength=1.5), "strength"),
+                     (dict(strength=0.5, x=None), "needs an init"),
+                     (dict(strength=0.5, x=init[:1]), "init: expected")):  # fmt: skip
+        with pytest.raises(ValueError, match=msg):
+            s(**bad)
+
+
 def test_classifier_free_guidance():
     m = jitter(small())
     pooled, tokens, mask = text(2)

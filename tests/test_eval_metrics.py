@@ -203,3 +203,21 @@ def test_logged_train_seconds_sums_every_resumed_segment(tmp_path):
     (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))
     assert logged_train_seconds(tmp_path, 10, 4) is None  # out of order: not one run's log
     assert logged_train_seconds(tmp_path / "none", 30, 4) is None
+
+
+def test_bench_config_rejects_bad_settings_and_adds_refined_only_when_asked():
+    from weightgen.errors import ConfigError
+    from weightgen.eval.benchmark import TRAINED, BenchConfig
+
+    assert BenchConfig().methods == TRAINED
+    assert BenchConfig(refine_strength=0.5).methods == (*TRAINED, "refined")
+    assert BenchConfig(refine_strength=0.5, lrs={"refined": 1e-3}).lrs == {"refined": 1e-3}
+    for bad, msg in (
+        (dict(refine_strength=0.0), "refine_strength must be in"),
+        (dict(refine_strength=1.2), "refine_strength must be in"),
+        (dict(lrs={"refined": 1e-3}), "unknown method"),  # refined not asked for
+        (dict(lrs={"nope": 1e-3}), "unknown method"),
+        (dict(lora_steps=0), "lora_steps must be >= 1"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            BenchConfig(**bad)

@@ -161,6 +161,7 @@ def cmd_evaluate(args) -> int:
         sweep_lrs=tuple(args.sweep_lrs),
         lrs=_parse_lrs(args.lr),
         sample_steps=args.sample_steps,
+        refine_strength=args.refine,
         workers=args.workers,
         finetune=not args.step0_only,
         concepts=args.concepts,
@@ -446,6 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr", action="append", metavar="METHOD=RATE", help="fix a method's rate (no sweep)"
     )
     pe.add_argument("--sample-steps", type=int, default=1, help="DDIM steps for `generated`")
+    pe.add_argument(
+        "--refine",
+        type=float,
+        default=None,
+        metavar="STRENGTH",
+        help="add the `refined` method: the nearest training LoRA noised to STRENGTH in (0, 1] "
+        "and denoised by the generator in one step",
+    )
     pe.add_argument("--workers", type=int, default=1, help="> 1: one Ray task per concept")
     pe.add_argument(
         "--ablate",

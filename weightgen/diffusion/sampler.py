@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from weightgen.blocks import BlockLayout, BlockStats, reassemble
+from weightgen.blocks import BlockLayout, BlockStats, normalize, reassemble
 from weightgen.diffusion.model import BlockDiT
 from weightgen.diffusion.schedule import (
     BETA_SCHEDULE,
@@ -74,15 +74,26 @@ def sample_blocks(
     valid: Tensor | None = None,
     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
     beta_schedule: str = BETA_SCHEDULE,
+    init: Tensor | None = None,
+    strength: float = 1.0,
 ) -> Tensor:
     """text (B, Dt), (B, L, Dt), (B, L) -> normalised blocks (B, N, S), float32.
 
     steps=1: one x0 prediction from pure noise at t = T-1 (the paper's single denoising step).
     steps>1: DDIM (eta 0) over `steps` trailing timesteps. guidance>1: classifier-free guidance
     against the model's null text. `valid` (N, S) zeroes padding in every intermediate.
+
+    `init` (B, N, S) normalised blocks, e.g. a retrieved LoRA, with `strength` in (0, 1]: the
+    sample starts from `init` noised to t0 = round(strength * (T-1)) (SDEdit, Meng et al. 2022):
+    x_t0 = sqrt(abar_t0) init + sqrt(1 - abar_t0) noise, then one x0 prediction at t0 (steps=1)
+    or DDIM over the trailing timesteps <= t0. Without `init`, strength must be 1.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if init is None and strength != 1.0:
+        raise ValueError("strength < 1 needs an init to start from")
     was_training = model.training
     model.eval()
     cfg = model.config
@@ -94,15 +105,24 @@ def sample_blocks(
     v = None if valid is None else valid.to(dev, torch.float32)  # (N, S)
 
     x = _randn((B, cfg.num_blocks, cfg.block_size), generator, dev)  # (B, N, S)
+    sched = make_ddim_scheduler(num_train_timesteps, beta_schedule)
+    t0 = round(strength * (num_train_timesteps - 1))
+    if steps > 1:
+        sched.set_timesteps(steps, device=dev)
+        timesteps = sched.timesteps[sched.timesteps <= t0]  # descending; t0 itself may be off-grid
+        t0 = int(timesteps[0])
+    if init is not None:
+        if init.shape != x.shape:
+            raise ValueError(f"init: expected {tuple(x.shape)} blocks, got {tuple(init.shape)}")
+        abar = sched.alphas_cumprod[t0].to(dev)
+        x = abar.sqrt() * init.to(dev, torch.float32) + (1 - abar).sqrt() * x  # (B, N, S)
     if v is not None:
         x = x * v
     if steps == 1:
-        t = torch.full((B,), num_train_timesteps - 1, device=dev, dtype=torch.long)
+        t = torch.full((B,), t0, device=dev, dtype=torch.long)
         x = _predict(model, x, t, pooled, tokens, mask, guidance).float()  # (B, N, S)
     else:
-        sched = make_ddim_scheduler(num_train_timesteps, beta_schedule)
-        sched.set_timesteps(steps, device=dev)
-        for t in sched.timesteps:
+        for t in timesteps:
             tt = t.expand(B).to(dev)  # (B,)
             x0 = _predict(model, x, tt, pooled, tokens, mask, guidance).float()  # (B, N, S)
             x = sched.step(x0, t, x, eta=0.0).prev_sample  # (B, N, S)
@@ -199,10 +219,14 @@ def generate_lora(
     guidance: float = 1.0,
     seed: int = 0,
     encoder=None,
+    init: list[dict[str, Tensor]] | None = None,
+    strength: float = 1.0,
 ) -> list[dict[str, Tensor]]:
     """Texts -> one LoRA state dict per text ({name: tensor} in the generator's layout, CPU fp32).
 
     `encoder` (a weightgen.text.TextEncoder) overrides the text model recorded at training.
+    `init`: one LoRA per text to refine instead of starting from pure noise (e.g. the training
+    LoRA nearest in text), noised to `strength` (see `sample_blocks`).
     """
     bundle = generator if isinstance(generator, GeneratorBundle) else load_generator(generator)
     model, layout, stats, meta = bundle
@@ -227,6 +251,12 @@ def generate_lora(
         )
     dev = next(model.parameters()).device
     g = torch.Generator(device=dev).manual_seed(int(seed))
+    x_init = None
+    if init is not None:
+        if len(init) != len(texts):
+            raise GeneratorError(f"generate_lora: {len(init)} init LoRAs for {len(texts)} texts")
+        flat = torch.stack([layout.flatten(sd) for sd in init]).to(dev)  # (B, P)
+        x_init = normalize(flat, layout, stats.mean.to(dev), stats.std.to(dev))  # (B, N, S)
     blocks = sample_blocks(
         model,
         pooled,
@@ -238,6 +268,8 @@ def generate_lora(
         valid=layout.valid_mask(dev),
         num_train_timesteps=meta.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS),
         beta_schedule=meta.get("beta_schedule", BETA_SCHEDULE),
+        init=x_init,
+        strength=strength,
     )  # (B, N, S) normalised
     st = stats.to(dev)
     flat = reassemble(blocks, layout, st.mean, st.std)  # (B, P) de-normalised

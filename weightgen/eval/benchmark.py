@@ -35,6 +35,9 @@ from weightgen.errors import ConfigError, WeightgenError
 from weightgen.eval.metrics import COLLAPSE_DB
 
 TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean")
+# opt-in (BenchConfig.refine_strength): the nearest training LoRA refined by one denoising step of
+# the generator from noise level `refine_strength` (SDEdit), so retrieval and generation combine
+REFINED = "refined"
 
 
 @dataclass
@@ -50,7 +53,8 @@ class BenchConfig:
     sweep_concepts: int = 4  # training concepts, one from each of k evenly spread families
     sweep_steps: int = 300
     lrs: dict[str, float] = field(default_factory=dict)  # fixed rates: no sweep for these methods
-    sample_steps: int = 1  # DDIM steps for `generated`
+    sample_steps: int = 1  # DDIM steps for `generated` (and `refined`)
+    refine_strength: float | None = None  # in (0, 1]: adds the `refined` method
     empty_text: bool = False  # ablation: the generator sees the empty text
     workers: int = 1  # > 1 (or RAY_ADDRESS set): one Ray task per concept
     seed: int = 0
@@ -72,12 +76,21 @@ class BenchConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.sweep_concepts < 0 or self.workers < 1:
             raise ConfigError("sweep_concepts must be >= 0 and workers >= 1")
-        bad = set(self.lrs) - set(TRAINED)
+        if self.refine_strength is not None and not 0.0 < self.refine_strength <= 1.0:
+            raise ConfigError(f"refine_strength must be in (0, 1], got {self.refine_strength}")
+        bad = set(self.lrs) - set(self.methods)
         if bad:
-            raise ConfigError(f"unknown method(s) in lrs: {sorted(bad)}; choose from {TRAINED}")
+            raise ConfigError(
+                f"unknown method(s) in lrs: {sorted(bad)}; choose from {self.methods}"
+            )
         if any(v <= 0 for v in [*self.sweep_lrs, *self.lrs.values()]):
             raise ConfigError("learning rates must be > 0")
         self.sweep_lrs = tuple(float(v) for v in self.sweep_lrs)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The trained methods, in report order."""
+        return TRAINED + ((REFINED,) if self.refine_strength is not None else ())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -252,38 +265,61 @@ class _Context:
             other.empty_text = empty_text
         return other
 
-    def generate(self, texts: list[str], steps: int) -> tuple[list[dict], float]:
-        """LoRAs for `texts` and the seconds per concept (text encoding included, batched)."""
+    def generate(
+        self, texts: list[str], steps: int, init: list[dict] | None = None, strength: float = 1.0
+    ) -> tuple[list[dict], float]:
+        """LoRAs for `texts` and the seconds per concept (text encoding included, batched);
+        with `init`, those LoRAs refined from noise level `strength` (`sample_blocks`)."""
         from weightgen.eval.newconcept import timed_generate
 
         # empty text: the generator's learned null condition (trained by text dropout), i.e.
         # classifier-free guidance 0 -- the text encoder itself refuses an empty string
         kw = {"guidance": 0.0} if self.empty_text else {}
+        if init is not None:
+            kw.update(init=init, strength=strength)
         loras, seconds = timed_generate(self.bundle, texts, encoder=self.enc, steps=steps, **kw)
         return loras, seconds / len(texts)
 
 
-def step0_table(ctx: _Context, held: Sequence, gen: list[dict], tb=None) -> tuple[dict, dict]:
+def find_nearest(ctx: _Context, held: Sequence, tb) -> dict[str, dict]:
+    """{concept: {"lora", "concept", "similarity"}}: the training LoRA closest in text."""
+    out = {}
+    for i, c in enumerate(held):
+        nl, nid, sim = ctx.baselines.nearest(tb.pooled[i])
+        out[c.id] = {"lora": nl, "concept": nid, "similarity": sim}
+    return out
+
+
+def step0_table(
+    ctx: _Context,
+    held: Sequence,
+    gen: list[dict],
+    tb=None,
+    *,
+    nearest: dict[str, dict] | None = None,
+    extra: dict[str, list[dict]] | None = None,
+) -> tuple[dict, dict]:
     """{concept: {method: {"psnr", "ssim"}}} at step 0, and the nearest neighbour of each concept.
     One base + LoRA model per concept, the LoRA swapped in place. `tb`: the held-out texts'
-    TextBatch when the caller has it already."""
+    TextBatch when the caller has it already; `nearest`: `find_nearest`'s answer when the caller
+    has it; `extra`: more {method: one LoRA per held-out concept} rows."""
     from weightgen.eval.newconcept import eval_pairs
     from weightgen.gan import build_concept_model, evaluate, load_lora
 
     tb = ctx.enc.encode([c.text for c in held]) if tb is None else tb
+    nearest_of = find_nearest(ctx, held, tb) if nearest is None else nearest
     g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state).eval()
     zero_b = _a_init(g)  # shared-seed A, B = 0: the base's own output
-    step0, nearest_of = {}, {}
+    step0 = {}
     for i, c in enumerate(tqdm(held, desc="step 0", unit="concept")):
         x, y = eval_pairs(c, ctx.preset)
-        nl, nid, sim = ctx.baselines.nearest(tb.pooled[i])
-        nearest_of[c.id] = {"lora": nl, "concept": nid, "similarity": sim}
         row = {}
         for name, lora in (
             ("base", zero_b),
             ("generated", gen[i]),
-            ("nearest", nl),
+            ("nearest", nearest_of[c.id]["lora"]),
             ("mean", ctx.baselines.mean_lora),
+            *((k, v[i]) for k, v in (extra or {}).items()),
         ):
             load_lora(g, lora)
             p, s = evaluate(g, x, y, tb.tokens[i][None], tb.mask[i][None])
@@ -334,7 +370,9 @@ def sweep_keys(ctx: _Context, cfg: BenchConfig, methods: Sequence[str]) -> dict[
         "sample_steps": cfg.sample_steps,
         "empty_text": cfg.empty_text,
     }
-    return {m: {**common, **(gen if m == "generated" else {})} for m in methods}
+    refine = {**gen, "refine_strength": cfg.refine_strength}
+    own = {"generated": gen, REFINED: refine}
+    return {m: {**common, **own.get(m, {})} for m in methods}
 
 
 def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
@@ -342,7 +380,7 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
     whose settings (`sweep_keys`) are unchanged keeps its row and is not trained again."""
     from weightgen.eval.metrics import collapsed, log_step_quality, median, plateau_quality
 
-    methods = [m for m in TRAINED if m not in cfg.lrs]
+    methods = [m for m in cfg.methods if m not in cfg.lrs]
     keys = sweep_keys(ctx, cfg, methods)
     if not methods or cfg.sweep_concepts == 0:
         return {"keys": keys, "best": {}, "table": {}}
@@ -365,15 +403,19 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
     texts = [c.text for c in picks]
     gen = ctx.generate(texts, cfg.sample_steps)[0] if "generated" in todo else [None] * k
     tb = ctx.enc.encode(texts)
+    near = [ctx.baselines.nearest(tb.pooled[i], exclude=c.id)[0] for i, c in enumerate(picks)]
+    refined = [None] * k
+    if REFINED in todo:
+        refined = ctx.generate(texts, cfg.sample_steps, near, cfg.refine_strength)[0]
     jobs = []
     for i, c in enumerate(picks):
-        nl, nid, _ = ctx.baselines.nearest(tb.pooled[i], exclude=c.id)
         inits = {
             "scratch": None,
             "lora-zero": None,
             "generated": gen[i],
-            "nearest": nl,
+            "nearest": near[i],
             "mean": ctx.baselines.mean_lora,
+            REFINED: refined[i],
         }
         for lr in cfg.sweep_lrs:
             jobs.append(
@@ -408,7 +450,7 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
                 "final": median(plateau_quality(c) for c in curves),
                 "collapsed": sum(collapsed(c) for c in curves),
             }
-    table = {m: table[m] for m in methods}  # TRAINED order
+    table = {m: table[m] for m in methods}  # report order
     best = {m: choose_rate(table[m]) for m in methods}
     out.mkdir(parents=True, exist_ok=True)
     result = {"keys": keys, "concepts": [c.id for c in picks], "best": best, "table": table}
@@ -541,14 +583,23 @@ def run_benchmark(
     ctx.generate([held[0].text + " "], cfg.sample_steps)  # one uncached concept alone
     one_s = time.perf_counter() - t0
     tb = ctx.enc.encode([c.text for c in held])
-    step0, nearest_of = step0_table(ctx, held, gen, tb)
+    nearest_of = find_nearest(ctx, held, tb)
+    extra_step0, offsets = {}, {"generated": per_text_s}
+    if cfg.refine_strength is not None:
+        init = [nearest_of[c.id]["lora"] for c in held]
+        refined, offsets[REFINED] = ctx.generate(
+            [c.text for c in held], cfg.sample_steps, init, cfg.refine_strength
+        )
+        extra_step0[REFINED] = refined
+    step0, _ = step0_table(ctx, held, gen, tb, nearest=nearest_of, extra=extra_step0)
 
     # 2. learning rates from training concepts
     if cfg.finetune:
         sweep = sweep_learning_rates(ctx, cfg, out)
     else:
         sweep = {"best": {}, "table": {}}
-    lrs = {m: cfg.lrs.get(m, sweep["best"].get(m, preset.concept.lr)) for m in TRAINED}
+    methods = cfg.methods
+    lrs = {m: cfg.lrs.get(m, sweep["best"].get(m, preset.concept.lr)) for m in methods}
 
     # 3. fine-tunes
     chosen = select_concepts("heldout", cfg.per_family) if cfg.finetune else []
@@ -569,10 +620,11 @@ def run_benchmark(
                     "generated": gen[i],
                     "nearest": nearest_of[c.id]["lora"],
                     "mean": ctx.baselines.mean_lora,
+                    **{m: v[i] for m, v in extra_step0.items()},
                 },
                 lrs=lrs,
                 cfg=cfg,
-                offsets={"generated": per_text_s},
+                offsets=offsets,
             )
         )
     results = run_tasks(concept_runs, jobs, workers=cfg.workers, desc="fine-tune") if jobs else []
@@ -583,15 +635,15 @@ def run_benchmark(
     if cfg.fid_weights and results:
         from weightgen.eval.fid import pooled_fid
 
-        fids = pooled_fid(cfg.fid_weights, [r["preview"]["all"] for r in results], TRAINED)
+        fids = pooled_fid(cfg.fid_weights, [r["preview"]["all"] for r in results], methods)
         for m_, v in fids.items():
             summary["methods"][m_]["fid_final"] = v
-    columns = ["input", "target"] + [f"{m} {w}" for m in TRAINED for w in ("0", "end")]
+    columns = ["input", "target"] + [f"{m} {w}" for m in methods for w in ("0", "end")]
     rows = []
     for c, res in zip(chosen, results):
         p = res["preview"]
         imgs = [p["input"][0], p["target"][0]]
-        for m in TRAINED:
+        for m in methods:
             imgs += [p[m]["start"][0], p[m]["end"][0]]
         rows.append((c.id, imgs))
     if rows:
@@ -620,10 +672,13 @@ def run_benchmark(
             ablation_rows[name] = row
 
     m = summary["methods"]
-    wins = {
-        k: sum(step0[c]["generated"]["psnr"] > step0[c][k]["psnr"] for c in step0) / len(step0)
-        for k in ("base", "lora-zero", "mean", "nearest")
-    }
+
+    def win_rate(a: str, refs: Sequence[str]) -> dict[str, float]:
+        n = len(step0)
+        return {k: sum(step0[c][a]["psnr"] > step0[c][k]["psnr"] for c in step0) / n for k in refs}
+
+    wins = win_rate("generated", ("base", "lora-zero", "mean", "nearest"))
+    refined_wins = win_rate(REFINED, ("generated", "mean", "nearest")) if extra_step0 else None
     cost = one_off_cost(run, ctx.bundle.meta, Path(generator) if generator else run / "generator")
     saved = payback(m, cost)
     extra = {
@@ -634,6 +689,7 @@ def run_benchmark(
         "payback": saved,
         "text_to_lora_s": {"one": one_s, "per_concept_in_batch": per_text_s, "batch": len(held)},
         "generated_step0_win_rate": wins,
+        **({"refined_step0_win_rate": refined_wins} if refined_wins else {}),
         "nearest": {
             k: {kk: v[kk] for kk in ("concept", "similarity")} for k, v in nearest_of.items()
         },
@@ -648,6 +704,15 @@ def run_benchmark(
             f"{m['nearest']['psnr_step0']:.2f}",
             "generated beats at step 0 (share of concepts)": ", ".join(
                 f"{k} {100 * v:.0f}%" for k, v in wins.items()
+            ),
+            **(
+                {
+                    f"refined (nearest LoRA, one step from strength {cfg.refine_strength:g}) "
+                    "at step 0": f"median {m[REFINED]['psnr_step0']:.2f} dB; beats "
+                    + ", ".join(f"{k} {100 * v:.0f}%" for k, v in refined_wins.items())
+                }
+                if refined_wins
+                else {}
             ),
             "learning rates (sweep on training concepts)": ", ".join(
                 f"{k} {v:g}" for k, v in lrs.items()

@@ -7,6 +7,7 @@ Methods (DESIGN.md report contract):
   lora-zero  base + LoRA with B = 0, the E2GAN recipe (trained)
   generated  base + LoRA sampled from the generator in one step (trained)
   nearest    base + the training LoRA whose concept text is most similar (trained)
+  refined    base + the nearest LoRA refined by one denoising step of the generator (trained)
   mean       base + the mean training LoRA (trained)
 Training pairs come from collection photos, evaluation pairs from evaluation photos only.
 """
@@ -25,7 +26,7 @@ from weightgen.concepts import Concept, make_pairs
 from weightgen.config import Preset
 from weightgen.gan import train_concept
 
-TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean")
+TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean", "refined")
 EVAL_SEED = 0
 TRAIN_SEED = 0
 
