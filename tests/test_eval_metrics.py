@@ -221,3 +221,21 @@ def test_bench_config_rejects_bad_settings_and_adds_refined_only_when_asked():
     ):
         with pytest.raises(ConfigError, match=msg):
             BenchConfig(**bad)
+
+
+def test_ablation_names_are_checked_and_refine_takes_a_strength():
+    from weightgen.errors import ConfigError
+    from weightgen.eval.ablations import check_ablations, refine_strength
+
+    assert check_ablations(["refine0.3", "ddim10", "refine.7", "concepts50", "ddim10"]) == [
+        "refine0.3",
+        "ddim10",
+        "refine.7",
+        "concepts50",
+    ]
+    assert refine_strength("refine0.3") == 0.3 and refine_strength("refine1") == 1.0
+    assert refine_strength("ddim10") is None
+    with pytest.raises(ConfigError, match=r"strength must be in \(0, 1\], got 1.5"):
+        check_ablations(["refine1.5"])
+    with pytest.raises(ConfigError, match="unknown ablation 'refinex'.*refineS"):
+        check_ablations(["refinex"])

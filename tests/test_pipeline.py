@@ -2,6 +2,7 @@
 train (DeepSpeed) -> sample -> finetune, and one clear error line for each bad input."""
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -228,7 +229,7 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
             "--lora-steps", "4", "--scratch-max-steps", "6", "--sweep-concepts", "1",
             "--sweep-steps", "3", "--sweep-lrs", "1e-3", "5e-3", "--lr", "scratch=0.002",
             "--workers", "2", "--ablate", "ddim10", "--ablate", "block128",
-            "--ablate", "empty-text", "--refine", "0.5"]  # fmt: skip
+            "--ablate", "empty-text", "--ablate", "refine0.5", "--refine", "0.5"]  # fmt: skip
     # and the plateau rule for every method: a 100 dB gain is never seen, so runs stop at the first
     # measurement with a measurement 10 steps older (step 10: step 0; the budget is 40)
     plateau = ["evaluate", "--generator", str(run / "generator"), "--out", str(tmp_path / "p"),
@@ -273,7 +274,10 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
         assert eval_schedule(4) == [1, 2, 3, 4]
         assert methods["generated"]["offset_s"] > 0  # sampling time is counted
         assert methods["refined"]["offset_s"] > 0
-    assert set(rep["ablations"]) == {"reference", "ddim10", "block128", "empty-text"}
+    assert set(rep["ablations"]) == {"reference", "ddim10", "block128", "empty-text", "refine0.5"}
+    # the refine0.5 row measures what the refined method starts from
+    refined0 = [row["refined"]["psnr"] for row in rep["step0"].values()]
+    assert rep["ablations"]["refine0.5"]["psnr_step0"] == pytest.approx(statistics.median(refined0))
     # the generator trained with --loss-weight sensitivity: its measurement is a one-off cost
     cost = rep["one_off_cost"]
     assert cost["sensitivity_s"] > 0

@@ -4,6 +4,8 @@ Sampling-time ablations reuse the trained generator:
   ddim10       10 DDIM steps instead of 1
   empty-text   the generator is given the empty text for every concept (its learned null text,
                the condition text dropout trains; guidance 0)
+  refineS      the nearest training LoRA noised to strength S in (0, 1] and denoised in one step
+               (e.g. refine0.3, refine0.7: the `refined` method at another strength)
 Training-time ablations train a variant generator (same steps and seed as the reference) under
 OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   block128, block512      the same LoRAs cut into blocks of 128 / 512 values
@@ -50,12 +52,31 @@ TRAINING = {
     "text-noise": {"train": {"text_noise": 0.5}},
 }
 _CONCEPTS = re.compile(r"concepts(\d+)$")
+_REFINE = re.compile(r"refine(\d*\.?\d+)$")
+
+
+def refine_strength(name: str) -> float | None:
+    """S of a `refineS` ablation name (None: not one); S outside (0, 1] is an error."""
+    m = _REFINE.fullmatch(name)
+    if m is None:
+        return None
+    s = float(m.group(1))
+    if not 0.0 < s <= 1.0:
+        raise ConfigError(f"ablation {name!r}: the strength must be in (0, 1], got {s:g}")
+    return s
 
 
 def check_ablations(names: list[str]) -> list[str]:
     for n in names:
-        if n not in SAMPLING and n not in TRAINING and not _CONCEPTS.fullmatch(n):
-            known = ", ".join([*SAMPLING, *TRAINING, "conceptsK (e.g. concepts50)"])
+        if (
+            n not in SAMPLING
+            and n not in TRAINING
+            and not _CONCEPTS.fullmatch(n)
+            and refine_strength(n) is None
+        ):
+            known = ", ".join(
+                [*SAMPLING, *TRAINING, "conceptsK (e.g. concepts50)", "refineS (e.g. refine0.5)"]
+            )
             raise ConfigError(f"unknown ablation {n!r}; choose from: {known}")
     return list(dict.fromkeys(names))
 
@@ -161,13 +182,20 @@ def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) ->
     return gen
 
 
-def step0_row(ctx, held, *, sample_steps: int = 1) -> dict:
-    """Step-0 medians of `generated` for the context's generator, with win rates."""
-    from weightgen.eval.benchmark import step0_table
+def step0_row(ctx, held, *, sample_steps: int = 1, refine: float | None = None) -> dict:
+    """Step-0 medians of `generated` for the context's generator, with win rates; with `refine`,
+    of the nearest training LoRA refined from that strength instead."""
+    from weightgen.eval.benchmark import find_nearest, step0_table
     from weightgen.eval.metrics import median
 
-    gen, per_s = ctx.generate([c.text for c in held], sample_steps)
-    table, _ = step0_table(ctx, held, gen)
+    texts = [c.text for c in held]
+    tb = ctx.enc.encode(texts)
+    near = find_nearest(ctx, held, tb)
+    if refine is None:
+        gen, per_s = ctx.generate(texts, sample_steps)
+    else:
+        gen, per_s = ctx.generate(texts, sample_steps, [near[c.id]["lora"] for c in held], refine)
+    table, _ = step0_table(ctx, held, gen, tb, nearest=near)
     g = [table[c]["generated"] for c in table]
     return {
         "psnr_step0": median(x["psnr"] for x in g),

@@ -655,11 +655,20 @@ def run_benchmark(
     # 5. ablation rows (step-0 quality of each generator variant on every held-out concept)
     ablation_rows = {}
     if ablations:
-        from weightgen.eval.ablations import SAMPLING, ablation_generator, step0_row
+        from weightgen.eval.ablations import (
+            SAMPLING,
+            ablation_generator,
+            refine_strength,
+            step0_row,
+        )
 
         ablation_rows["reference"] = step0_row(ctx, held, sample_steps=cfg.sample_steps)
         for name in ablations:
-            if name in SAMPLING:
+            if refine_strength(name) is not None:
+                row = step0_row(
+                    ctx, held, sample_steps=cfg.sample_steps, refine=refine_strength(name)
+                )
+            elif name in SAMPLING:
                 spec = SAMPLING[name]
                 actx = ctx.with_generator(
                     Path(generator) if generator else run / "generator",
