@@ -52,6 +52,9 @@ def test_speedups_count_a_method_that_never_gets_there():
     s = speedups([None, None, 8.0], [1.0, 2.0, 2.0])
     assert s["median"] is None and s["slow_never"] == 2 and s["max_finite"] == 4.0
     assert speedups([None], [None])["median"] is None
+    # the slow method there at step 0 (0 s): a ratio of 0 for the fast one, but not a "never"
+    s = speedups([0.0, 0.0, 8.0], [0.5, 0.5, 2.0])
+    assert s["median"] == 0.0 and s["min"] == 0.0 and (s["fast_never"], s["slow_never"]) == (0, 0)
 
 
 def _curve(psnrs, dt=1.0, every=10):

@@ -43,15 +43,17 @@ def speedups(slow: Sequence[float | None], fast: Sequence[float | None]) -> dict
     target: fast never reaching counts as ratio 0 (it is slower than any finite time), slow never
     reaching as +inf. The median is None when it falls on +inf (only a lower bound is known) or
     when no concept has a ratio."""
-    ratios = []
+    ratios, fast_never, slow_never = [], 0, 0
     for s, f in zip(slow, fast):
         if s is None and f is None:
             continue
         if f is None:
             ratios.append(0.0)
+            fast_never += 1
         elif s is None:
             ratios.append(math.inf)
-        else:
+            slow_never += 1
+        else:  # 0 when slow was there at step 0: a ratio of 0, not a "never"
             ratios.append(s / max(f, 1e-9))
     finite = [r for r in ratios if math.isfinite(r)]
     med = statistics.median(ratios) if ratios else None
@@ -61,8 +63,8 @@ def speedups(slow: Sequence[float | None], fast: Sequence[float | None]) -> dict
         "max_finite": max(finite) if finite else None,
         "n": len(ratios),
         "of": len(slow),
-        "fast_never": sum(1 for r in ratios if r == 0.0),
-        "slow_never": sum(1 for r in ratios if math.isinf(r)),
+        "fast_never": fast_never,
+        "slow_never": slow_never,
     }
 
 
