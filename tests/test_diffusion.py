@@ -316,6 +316,11 @@ def test_refining_an_init_is_one_x0_prediction_from_it_noised_to_the_strength():
     )
     assert s(1.0, steps=4, x=None).equal(plain)
     assert s(0.5, steps=4).shape == (2, N, S)  # DDIM over the trailing steps <= 500
+    # under the whole grid (t0 = 50 < 99): one DDIM step from t0 itself, the x0 prediction there
+    xt = abar[50].sqrt() * init + (1 - abar[50]).sqrt() * noise
+    ref = run(m, xt, t=torch.tensor([50, 50]), txt=(pooled, tokens, mask),
+              drop=torch.zeros(2, dtype=torch.bool))  # fmt: skip
+    torch.testing.assert_close(s(0.05, steps=10), ref)
     for bad, msg in ((dict(strength=0.0), "strength"), (dict(strength=1.5), "strength"),
                      (dict(strength=0.5, x=None), "needs an init"),
                      (dict(strength=0.5, x=init[:1]), "init: expected")):  # fmt: skip

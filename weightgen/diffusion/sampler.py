@@ -110,6 +110,8 @@ def sample_blocks(
     if steps > 1:
         sched.set_timesteps(steps, device=dev)
         timesteps = sched.timesteps[sched.timesteps <= t0]  # descending; t0 itself may be off-grid
+        if len(timesteps) == 0:  # t0 under the whole grid: one step from t0 itself
+            timesteps = torch.tensor([t0], device=dev)
         t0 = int(timesteps[0])
     if init is not None:
         if init.shape != x.shape:
