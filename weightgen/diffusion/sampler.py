@@ -253,12 +253,13 @@ def generate_lora(
         )
     dev = next(model.parameters()).device
     g = torch.Generator(device=dev).manual_seed(int(seed))
+    st = stats.to(dev)
     x_init = None
     if init is not None:
         if len(init) != len(texts):
             raise GeneratorError(f"generate_lora: {len(init)} init LoRAs for {len(texts)} texts")
         flat = torch.stack([layout.flatten(sd) for sd in init]).to(dev)  # (B, P)
-        x_init = normalize(flat, layout, stats.mean.to(dev), stats.std.to(dev))  # (B, N, S)
+        x_init = normalize(flat, layout, st.mean, st.std)  # (B, N, S)
     blocks = sample_blocks(
         model,
         pooled,
@@ -273,7 +274,6 @@ def generate_lora(
         init=x_init,
         strength=strength,
     )  # (B, N, S) normalised
-    st = stats.to(dev)
     flat = reassemble(blocks, layout, st.mean, st.std)  # (B, P) de-normalised
     sd = layout.unflatten(flat.float().cpu())  # {name: (B, *shape)}
     return [{k: v[i].clone().contiguous() for k, v in sd.items()} for i in range(len(texts))]

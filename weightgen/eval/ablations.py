@@ -195,7 +195,7 @@ def step0_row(ctx, held, *, sample_steps: int = 1, refine: float | None = None) 
         gen, per_s = ctx.generate(texts, sample_steps)
     else:
         gen, per_s = ctx.generate(texts, sample_steps, [near[c.id]["lora"] for c in held], refine)
-    table, _ = step0_table(ctx, held, gen, tb, nearest=near)
+    table = step0_table(ctx, held, gen, tb, near)
     g = [table[c]["generated"] for c in table]
     return {
         "psnr_step0": median(x["psnr"] for x in g),

@@ -294,20 +294,16 @@ def step0_table(
     ctx: _Context,
     held: Sequence,
     gen: list[dict],
-    tb=None,
-    *,
-    nearest: dict[str, dict] | None = None,
+    tb,
+    nearest: dict[str, dict],
     extra: dict[str, list[dict]] | None = None,
-) -> tuple[dict, dict]:
-    """{concept: {method: {"psnr", "ssim"}}} at step 0, and the nearest neighbour of each concept.
-    One base + LoRA model per concept, the LoRA swapped in place. `tb`: the held-out texts'
-    TextBatch when the caller has it already; `nearest`: `find_nearest`'s answer when the caller
-    has it; `extra`: more {method: one LoRA per held-out concept} rows."""
+) -> dict:
+    """{concept: {method: {"psnr", "ssim"}}} at step 0. One base + LoRA model per concept, the
+    LoRA swapped in place. `tb`: the held-out texts' TextBatch; `nearest`: `find_nearest`'s
+    answer for them; `extra`: more {method: one LoRA per held-out concept} rows."""
     from weightgen.eval.newconcept import eval_pairs
     from weightgen.gan import build_concept_model, evaluate, load_lora
 
-    tb = ctx.enc.encode([c.text for c in held]) if tb is None else tb
-    nearest_of = find_nearest(ctx, held, tb) if nearest is None else nearest
     g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state).eval()
     zero_b = _a_init(g)  # shared-seed A, B = 0: the base's own output
     step0 = {}
@@ -317,7 +313,7 @@ def step0_table(
         for name, lora in (
             ("base", zero_b),
             ("generated", gen[i]),
-            ("nearest", nearest_of[c.id]["lora"]),
+            ("nearest", nearest[c.id]["lora"]),
             ("mean", ctx.baselines.mean_lora),
             *((k, v[i]) for k, v in (extra or {}).items()),
         ):
@@ -326,7 +322,7 @@ def step0_table(
             row[name] = {"psnr": p, "ssim": s}
         row["lora-zero"] = dict(row["base"])  # B = 0: exactly the base's output
         step0[c.id] = row
-    return step0, nearest_of
+    return step0
 
 
 def _a_init(g) -> dict[str, torch.Tensor]:
@@ -591,7 +587,7 @@ def run_benchmark(
             [c.text for c in held], cfg.sample_steps, init, cfg.refine_strength
         )
         extra_step0[REFINED] = refined
-    step0, _ = step0_table(ctx, held, gen, tb, nearest=nearest_of, extra=extra_step0)
+    step0 = step0_table(ctx, held, gen, tb, nearest_of, extra_step0)
 
     # 2. learning rates from training concepts
     if cfg.finetune:
