@@ -208,18 +208,22 @@ def test_logged_train_seconds_sums_every_resumed_segment(tmp_path):
     assert logged_train_seconds(tmp_path / "none", 30, 4) is None
 
 
-def test_bench_config_rejects_bad_settings_and_adds_refined_only_when_asked():
+def test_bench_config_rejects_bad_settings_and_adds_refined_and_blended_only_when_asked():
     from weightgen.errors import ConfigError
     from weightgen.eval.benchmark import TRAINED, BenchConfig
 
     assert BenchConfig().methods == TRAINED
     assert BenchConfig(refine_strength=0.5).methods == (*TRAINED, "refined")
     assert BenchConfig(refine_strength=0.5, lrs={"refined": 1e-3}).lrs == {"refined": 1e-3}
+    assert BenchConfig(blend=0.5, refine_strength=0.5).methods == (*TRAINED, "refined", "blended")
     for bad, msg in (
         (dict(refine_strength=0.0), "refine_strength must be in"),
         (dict(refine_strength=1.2), "refine_strength must be in"),
         (dict(lrs={"refined": 1e-3}), "unknown method"),  # refined not asked for
         (dict(lrs={"nope": 1e-3}), "unknown method"),
+        (dict(lrs={"blended": 1e-3}), "unknown method"),  # blended not asked for
+        (dict(blend=0.0), r"blend must be in \(0, 1\)"),
+        (dict(blend=1.0), r"blend must be in \(0, 1\)"),
         (dict(lora_steps=0), "lora_steps must be >= 1"),
     ):
         with pytest.raises(ConfigError, match=msg):
@@ -228,7 +232,7 @@ def test_bench_config_rejects_bad_settings_and_adds_refined_only_when_asked():
 
 def test_ablation_names_are_checked_and_refine_takes_a_strength():
     from weightgen.errors import ConfigError
-    from weightgen.eval.ablations import check_ablations, refine_strength
+    from weightgen.eval.ablations import blend_weight, check_ablations, refine_strength
 
     assert check_ablations(["refine0.3", "ddim10", "refine.7", "concepts50", "ddim10"]) == [
         "refine0.3",
@@ -240,5 +244,33 @@ def test_ablation_names_are_checked_and_refine_takes_a_strength():
     assert refine_strength("ddim10") is None
     with pytest.raises(ConfigError, match=r"strength must be in \(0, 1\], got 1.5"):
         check_ablations(["refine1.5"])
-    with pytest.raises(ConfigError, match="unknown ablation 'refinex'.*refineS"):
+    with pytest.raises(ConfigError, match="unknown ablation 'refinex'.*refineS.*blendA"):
         check_ablations(["refinex"])
+    assert check_ablations(["blend0.25", "blend.75"]) == ["blend0.25", "blend.75"]
+    assert blend_weight("blend0.25") == 0.25 and blend_weight("refine0.3") is None
+    for bad in ("blend0", "blend1", "blend1.5"):
+        with pytest.raises(ConfigError, match=r"blend weight must be in \(0, 1\)"):
+            check_ablations([bad])
+
+
+def test_blend_loras_is_the_weighted_mean_of_aligned_loras_and_checks_its_inputs():
+    import torch
+
+    from weightgen.eval.newconcept import blend_loras
+
+    g = torch.Generator().manual_seed(0)
+    a = {
+        "x.lora_A.weight": torch.randn(4, 6, generator=g),
+        "x.lora_B.weight": torch.randn(6, 4, generator=g),
+    }
+    b = {k: torch.randn(v.shape, generator=g) for k, v in a.items()}
+    mid = blend_loras(a, b, 0.25)
+    for k in a:
+        assert torch.allclose(mid[k], 0.25 * a[k] + 0.75 * b[k])
+        assert torch.equal(blend_loras(a, b, 1.0)[k], a[k])
+        assert torch.equal(blend_loras(a, b, 0.0)[k], b[k])
+    assert set(mid) == set(a) and all(t.shape == a[k].shape for k, t in mid.items())
+    with pytest.raises(ValueError, match=r"blend weight must be in \[0, 1\], got 1.5"):
+        blend_loras(a, b, 1.5)
+    with pytest.raises(ValueError, match="differ in tensors: \\['y'\\]"):
+        blend_loras(a, {**b, "y": torch.zeros(1)}, 0.5)

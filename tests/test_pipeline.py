@@ -207,7 +207,8 @@ def _resweep_only_the_generated_row(run, out, sweep, monkeypatch):
 
     monkeypatch.setattr(B, "run_tasks", spy)
     cfg = B.BenchConfig(sweep_concepts=1, sweep_steps=3, sweep_lrs=(1e-3, 5e-3),
-                        lrs={"scratch": 0.002}, workers=1, refine_strength=0.5)  # fmt: skip
+                        lrs={"scratch": 0.002}, workers=1, refine_strength=0.5,
+                        blend=0.5)  # fmt: skip
     again = B.sweep_learning_rates(B._Context(run, run / "generator"), cfg, out)
     assert swept and all(methods == ["generated"] for methods in swept)
     assert again["best"]["lora-zero"] == 1e-3  # the kept row decides (score 99 at 1e-3)
@@ -229,7 +230,8 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
             "--lora-steps", "4", "--scratch-max-steps", "6", "--sweep-concepts", "1",
             "--sweep-steps", "3", "--sweep-lrs", "1e-3", "5e-3", "--lr", "scratch=0.002",
             "--workers", "2", "--ablate", "ddim10", "--ablate", "block128",
-            "--ablate", "empty-text", "--ablate", "refine0.5", "--refine", "0.5"]  # fmt: skip
+            "--ablate", "empty-text", "--ablate", "refine0.5", "--refine", "0.5",
+            "--blend", "0.5", "--ablate", "blend0.5"]  # fmt: skip
     # and the plateau rule for every method: a 100 dB gain is never seen, so runs stop at the first
     # measurement with a measurement 10 steps older (step 10: step 0; the budget is 40)
     plateau = ["evaluate", "--generator", str(run / "generator"), "--out", str(tmp_path / "p"),
@@ -243,12 +245,14 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     assert main(argv) == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["methods"]) == {"base", "scratch", "lora-zero", "generated", "nearest", "mean",
-                                   "refined"}  # fmt: skip
+                                   "refined", "blended"}  # fmt: skip
     # refined: the nearest LoRA moved by the generator, so neither of the two at step 0
     for row in rep["step0"].values():
         assert row["refined"]["psnr"] not in (row["nearest"]["psnr"], row["generated"]["psnr"])
     assert set(rep["refined_step0_win_rate"]) == {"generated", "mean", "nearest"}
     assert "refined_vs_lora_zero_spread" in rep["speedup"]
+    assert set(rep["blended_step0_win_rate"]) == {"generated", "mean", "nearest"}
+    assert "blended_vs_lora_zero_spread" in rep["speedup"]
     assert len(rep["step0"]) == 12 and len(rep["runs"]) == 2
     held = {c.id for c in concepts("heldout")}
     assert set(rep["runs"]) <= held and set(rep["step0"]) <= held
@@ -265,7 +269,7 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
         assert sweep["best"][m] == choose_rate(cells)
     # the sweep is cached per method: with another generator only `generated` is swept again
     _resweep_only_the_generated_row(run, out, sweep, monkeypatch)
-    for m in ("lora-zero", "generated", "nearest", "mean", "refined"):
+    for m in ("lora-zero", "generated", "nearest", "mean", "refined", "blended"):
         assert rep["learning_rates"][m] in (1e-3, 5e-3)
     for methods in rep["runs"].values():
         assert methods["scratch"]["curve"][-1]["step"] <= 6
@@ -274,10 +278,14 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
         assert eval_schedule(4) == [1, 2, 3, 4]
         assert methods["generated"]["offset_s"] > 0  # sampling time is counted
         assert methods["refined"]["offset_s"] > 0
-    assert set(rep["ablations"]) == {"reference", "ddim10", "block128", "empty-text", "refine0.5"}
+        assert methods["blended"]["offset_s"] == methods["generated"]["offset_s"]
+    assert set(rep["ablations"]) == {"reference", "ddim10", "block128", "empty-text", "refine0.5",
+                                     "blend0.5"}  # fmt: skip
     # the refine0.5 row measures what the refined method starts from
     refined0 = [row["refined"]["psnr"] for row in rep["step0"].values()]
     assert rep["ablations"]["refine0.5"]["psnr_step0"] == pytest.approx(statistics.median(refined0))
+    blended0 = [row["blended"]["psnr"] for row in rep["step0"].values()]
+    assert rep["ablations"]["blend0.5"]["psnr_step0"] == pytest.approx(statistics.median(blended0))
     # the generator trained with --loss-weight sensitivity: its measurement is a one-off cost
     cost = rep["one_off_cost"]
     assert cost["sensitivity_s"] > 0

@@ -162,6 +162,7 @@ def cmd_evaluate(args) -> int:
         lrs=_parse_lrs(args.lr),
         sample_steps=args.sample_steps,
         refine_strength=args.refine,
+        blend=args.blend,
         workers=args.workers,
         finetune=not args.step0_only,
         concepts=args.concepts,
@@ -454,6 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STRENGTH",
         help="add the `refined` method: the nearest training LoRA noised to STRENGTH in (0, 1] "
         "and denoised by the generator in one step",
+    )
+    pe.add_argument(
+        "--blend",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="add the `blended` method: ALPHA in (0, 1) times the generated LoRA plus 1 - ALPHA "
+        "times the nearest training LoRA, fine-tuned",
     )
     pe.add_argument("--workers", type=int, default=1, help="> 1: one Ray task per concept")
     pe.add_argument(

@@ -6,6 +6,8 @@ Sampling-time ablations reuse the trained generator:
                the condition text dropout trains; guidance 0)
   refineS      the nearest training LoRA noised to strength S in (0, 1] and denoised in one step
                (e.g. refine0.3, refine0.7: the `refined` method at another strength)
+  blendA       A * generated + (1 - A) * nearest, A in (0, 1) (e.g. blend0.25: the `blended`
+               method at another weight)
 Training-time ablations train a variant generator (same steps and seed as the reference) under
 OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   block128, block512      the same LoRAs cut into blocks of 128 / 512 values
@@ -53,6 +55,7 @@ TRAINING = {
 }
 _CONCEPTS = re.compile(r"concepts(\d+)$")
 _REFINE = re.compile(r"refine(\d*\.?\d+)$")
+_BLEND = re.compile(r"blend(\d*\.?\d+)$")
 
 
 def refine_strength(name: str) -> float | None:
@@ -66,6 +69,17 @@ def refine_strength(name: str) -> float | None:
     return s
 
 
+def blend_weight(name: str) -> float | None:
+    """A of a `blendA` ablation name (None: not one); A outside (0, 1) is an error."""
+    m = _BLEND.fullmatch(name)
+    if m is None:
+        return None
+    a = float(m.group(1))
+    if not 0.0 < a < 1.0:
+        raise ConfigError(f"ablation {name!r}: the blend weight must be in (0, 1), got {a:g}")
+    return a
+
+
 def check_ablations(names: list[str]) -> list[str]:
     for n in names:
         if (
@@ -73,9 +87,16 @@ def check_ablations(names: list[str]) -> list[str]:
             and n not in TRAINING
             and not _CONCEPTS.fullmatch(n)
             and refine_strength(n) is None
+            and blend_weight(n) is None
         ):
             known = ", ".join(
-                [*SAMPLING, *TRAINING, "conceptsK (e.g. concepts50)", "refineS (e.g. refine0.5)"]
+                [
+                    *SAMPLING,
+                    *TRAINING,
+                    "conceptsK (e.g. concepts50)",
+                    "refineS (e.g. refine0.5)",
+                    "blendA (e.g. blend0.25)",
+                ]
             )
             raise ConfigError(f"unknown ablation {n!r}; choose from: {known}")
     return list(dict.fromkeys(names))
@@ -182,9 +203,12 @@ def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) ->
     return gen
 
 
-def step0_row(ctx, held, *, sample_steps: int = 1, refine: float | None = None) -> dict:
+def step0_row(
+    ctx, held, *, sample_steps: int = 1, refine: float | None = None, blend: float | None = None
+) -> dict:
     """Step-0 medians of `generated` for the context's generator, with win rates; with `refine`,
-    of the nearest training LoRA refined from that strength instead."""
+    of the nearest training LoRA refined from that strength instead; with `blend`, of
+    blend * generated + (1 - blend) * nearest."""
     from weightgen.eval.benchmark import find_nearest, step0_table
     from weightgen.eval.metrics import median
 
@@ -195,6 +219,10 @@ def step0_row(ctx, held, *, sample_steps: int = 1, refine: float | None = None) 
         gen, per_s = ctx.generate(texts, sample_steps)
     else:
         gen, per_s = ctx.generate(texts, sample_steps, [near[c.id]["lora"] for c in held], refine)
+    if blend is not None:
+        from weightgen.eval.newconcept import blend_loras
+
+        gen = [blend_loras(gen[i], near[c.id]["lora"], blend) for i, c in enumerate(held)]
     table = step0_table(ctx, held, gen, tb, near)
     g = [table[c]["generated"] for c in table]
     return {

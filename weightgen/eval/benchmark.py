@@ -38,6 +38,9 @@ TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean")
 # opt-in (BenchConfig.refine_strength): the nearest training LoRA refined by one denoising step of
 # the generator from noise level `refine_strength` (SDEdit), so retrieval and generation combine
 REFINED = "refined"
+# opt-in (BenchConfig.blend): blend * generated + (1 - blend) * nearest (newconcept.blend_loras), the
+# generator's guess kept at a trained LoRA's scale
+BLENDED = "blended"
 
 
 @dataclass
@@ -55,6 +58,7 @@ class BenchConfig:
     lrs: dict[str, float] = field(default_factory=dict)  # fixed rates: no sweep for these methods
     sample_steps: int = 1  # DDIM steps for `generated` (and `refined`)
     refine_strength: float | None = None  # in (0, 1]: adds the `refined` method
+    blend: float | None = None  # in (0, 1): adds `blended`, this weight on generated, rest nearest
     empty_text: bool = False  # ablation: the generator sees the empty text
     workers: int = 1  # > 1 (or RAY_ADDRESS set): one Ray task per concept
     seed: int = 0
@@ -78,6 +82,10 @@ class BenchConfig:
             raise ConfigError("sweep_concepts must be >= 0 and workers >= 1")
         if self.refine_strength is not None and not 0.0 < self.refine_strength <= 1.0:
             raise ConfigError(f"refine_strength must be in (0, 1], got {self.refine_strength}")
+        if self.blend is not None and not 0.0 < self.blend < 1.0:
+            raise ConfigError(
+                f"blend must be in (0, 1) (0: nearest, 1: generated), got {self.blend}"
+            )
         bad = set(self.lrs) - set(self.methods)
         if bad:
             raise ConfigError(
@@ -90,7 +98,11 @@ class BenchConfig:
     @property
     def methods(self) -> tuple[str, ...]:
         """The trained methods, in report order."""
-        return TRAINED + ((REFINED,) if self.refine_strength is not None else ())
+        return (
+            TRAINED
+            + ((REFINED,) if self.refine_strength is not None else ())
+            + ((BLENDED,) if self.blend is not None else ())
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -367,7 +379,7 @@ def sweep_keys(ctx: _Context, cfg: BenchConfig, methods: Sequence[str]) -> dict[
         "empty_text": cfg.empty_text,
     }
     refine = {**gen, "refine_strength": cfg.refine_strength}
-    own = {"generated": gen, REFINED: refine}
+    own = {"generated": gen, REFINED: refine, BLENDED: {**gen, "blend": cfg.blend}}
     return {m: {**common, **own.get(m, {})} for m in methods}
 
 
@@ -375,6 +387,7 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
     """Best rate per method on training concepts. Cached in out/sweep.json per method: a method
     whose settings (`sweep_keys`) are unchanged keeps its row and is not trained again."""
     from weightgen.eval.metrics import collapsed, log_step_quality, median, plateau_quality
+    from weightgen.eval.newconcept import blend_loras
 
     methods = [m for m in cfg.methods if m not in cfg.lrs]
     keys = sweep_keys(ctx, cfg, methods)
@@ -397,7 +410,8 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
     k = min(cfg.sweep_concepts, len(first))
     picks = [first[(i * len(first)) // k] for i in range(k)]
     texts = [c.text for c in picks]
-    gen = ctx.generate(texts, cfg.sample_steps)[0] if "generated" in todo else [None] * k
+    need_gen = "generated" in todo or BLENDED in todo
+    gen = ctx.generate(texts, cfg.sample_steps)[0] if need_gen else [None] * k
     tb = ctx.enc.encode(texts)
     near = [ctx.baselines.nearest(tb.pooled[i], exclude=c.id)[0] for i, c in enumerate(picks)]
     refined = [None] * k
@@ -412,6 +426,7 @@ def sweep_learning_rates(ctx: _Context, cfg: BenchConfig, out: Path) -> dict:
             "nearest": near[i],
             "mean": ctx.baselines.mean_lora,
             REFINED: refined[i],
+            BLENDED: blend_loras(gen[i], near[i], cfg.blend) if BLENDED in todo else None,
         }
         for lr in cfg.sweep_lrs:
             jobs.append(
@@ -562,6 +577,7 @@ def run_benchmark(
     title: str = "weightgen held-out benchmark (tiny preset)",
 ) -> dict:
     from weightgen.concepts import concepts as list_concepts
+    from weightgen.eval.newconcept import blend_loras
     from weightgen.eval.report import save_image_grid, summarise, write_report
 
     cfg = cfg or BenchConfig()
@@ -587,6 +603,12 @@ def run_benchmark(
             [c.text for c in held], cfg.sample_steps, init, cfg.refine_strength
         )
         extra_step0[REFINED] = refined
+    if cfg.blend is not None:
+        # retrieval is a dot product over the training texts: the blend costs what sampling does
+        extra_step0[BLENDED] = [
+            blend_loras(gen[i], nearest_of[c.id]["lora"], cfg.blend) for i, c in enumerate(held)
+        ]
+        offsets[BLENDED] = per_text_s
     step0 = step0_table(ctx, held, gen, tb, nearest_of, extra_step0)
 
     # 2. learning rates from training concepts
@@ -654,6 +676,7 @@ def run_benchmark(
         from weightgen.eval.ablations import (
             SAMPLING,
             ablation_generator,
+            blend_weight,
             refine_strength,
             step0_row,
         )
@@ -664,6 +687,8 @@ def run_benchmark(
                 row = step0_row(
                     ctx, held, sample_steps=cfg.sample_steps, refine=refine_strength(name)
                 )
+            elif blend_weight(name) is not None:
+                row = step0_row(ctx, held, sample_steps=cfg.sample_steps, blend=blend_weight(name))
             elif name in SAMPLING:
                 spec = SAMPLING[name]
                 actx = ctx.with_generator(
@@ -683,7 +708,12 @@ def run_benchmark(
         return {k: sum(step0[c][a]["psnr"] > step0[c][k]["psnr"] for c in step0) / n for k in refs}
 
     wins = win_rate("generated", ("base", "lora-zero", "mean", "nearest"))
-    refined_wins = win_rate(REFINED, ("generated", "mean", "nearest")) if extra_step0 else None
+    refined_wins = (
+        win_rate(REFINED, ("generated", "mean", "nearest")) if REFINED in extra_step0 else None
+    )
+    blended_wins = (
+        win_rate(BLENDED, ("generated", "mean", "nearest")) if BLENDED in extra_step0 else None
+    )
     cost = one_off_cost(run, ctx.bundle.meta, Path(generator) if generator else run / "generator")
     saved = payback(m, cost)
     extra = {
@@ -695,6 +725,7 @@ def run_benchmark(
         "text_to_lora_s": {"one": one_s, "per_concept_in_batch": per_text_s, "batch": len(held)},
         "generated_step0_win_rate": wins,
         **({"refined_step0_win_rate": refined_wins} if refined_wins else {}),
+        **({"blended_step0_win_rate": blended_wins} if blended_wins else {}),
         "nearest": {
             k: {kk: v[kk] for kk in ("concept", "similarity")} for k, v in nearest_of.items()
         },
@@ -717,6 +748,16 @@ def run_benchmark(
                     + ", ".join(f"{k} {100 * v:.0f}%" for k, v in refined_wins.items())
                 }
                 if refined_wins
+                else {}
+            ),
+            **(
+                {
+                    f"blended ({cfg.blend:g} generated + {1 - cfg.blend:g} nearest) at step 0": (
+                        f"median {m[BLENDED]['psnr_step0']:.2f} dB; beats "
+                        + ", ".join(f"{k} {100 * v:.0f}%" for k, v in blended_wins.items())
+                    )
+                }
+                if blended_wins
                 else {}
             ),
             "learning rates (sweep on training concepts)": ", ".join(

@@ -27,7 +27,16 @@ from weightgen.eval.metrics import (  # noqa: E402
     time_to_target,
 )
 
-METHOD_ORDER = ("base", "scratch", "lora-zero", "generated", "refined", "nearest", "mean")
+METHOD_ORDER = (
+    "base",
+    "scratch",
+    "lora-zero",
+    "generated",
+    "blended",
+    "refined",
+    "nearest",
+    "mean",
+)
 PAPER = {  # PAPER.md: FID and time to train a new concept
     "scratch": {"fid": 99.20, "time_s": 659.8},
     "lora-zero": {"fid": 93.86, "time_s": 198.5},
@@ -99,7 +108,7 @@ def summarise(step0: dict, runs: dict) -> dict:
         return [row["methods"].get(m, {}).get("time_to_target_s") for row in per_concept.values()]
 
     speed = {}
-    for fast, key in (("generated", ""), ("refined", "refined_")):
+    for fast, key in (("generated", ""), ("refined", "refined_"), ("blended", "blended_")):
         if any(fast in r["methods"] for r in per_concept.values()):
             sc = speedups(times("scratch"), times(fast))
             lz = speedups(times("lora-zero"), times(fast))
@@ -176,6 +185,16 @@ def write_report(
             "generator; its time includes that step): "
             f"**{_fmt(sp['refined_vs_scratch'])}×** vs scratch (never reached on "
             f"{sc['fast_never']}), **{_fmt(sp['refined_vs_lora_zero'])}×** vs lora-zero "
+            f"(never reached on {lz['fast_never']})",
+        ]
+    if "blended_vs_scratch" in sp:
+        sc, lz = sp["blended_vs_scratch_spread"], sp["blended_vs_lora_zero_spread"]
+        lines += [
+            "",
+            "The same for `blended` (the generated LoRA averaged with the nearest training LoRA; "
+            "its time includes sampling): "
+            f"**{_fmt(sp['blended_vs_scratch'])}×** vs scratch (never reached on "
+            f"{sc['fast_never']}), **{_fmt(sp['blended_vs_lora_zero'])}×** vs lora-zero "
             f"(never reached on {lz['fast_never']})",
         ]
     lines += [
