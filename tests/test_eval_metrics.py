@@ -7,6 +7,7 @@ from weightgen.eval.metrics import (
     eval_schedule,
     log_step_quality,
     median_or_none,
+    paired_difference,
     plateau_quality,
     plateaued,
     speedups,
@@ -57,6 +58,19 @@ def test_speedups_count_a_method_that_never_gets_there():
     assert s["median"] == 0.0 and s["min"] == 0.0 and (s["fast_never"], s["slow_never"]) == (0, 0)
 
 
+def test_paired_difference_compares_concept_by_concept():
+    # medians of the two methods: 20 vs 21 (other looks better), but concept by concept other
+    # ends lower on two of three
+    ref, other = [10.0, 20.0, 30.0], [9.5, 19.0, 21.0 + 20.0]
+    d = paired_difference(ref, other)
+    assert d["median_diff"] == pytest.approx(-0.5) and d["share_at_least"] == pytest.approx(1 / 3)
+    assert d["n"] == 3
+    assert paired_difference([1.0], [1.0])["share_at_least"] == 1.0  # a tie counts as at least
+    assert paired_difference([], [])["median_diff"] is None
+    with pytest.raises(ValueError, match="differ in length: 2 vs 1"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
 def _curve(psnrs, dt=1.0, every=10):
     return [
         {"step": i * every, "time_s": i * dt, "psnr": p, "ssim": p / 40}
@@ -100,6 +114,13 @@ def test_summarise_and_report_contract(tmp_path):
     # scratch/generated: a 3/0.6 = 5, b 3/0.1 = 30 -> median 17.5; lora-zero never reached on a
     assert s["speedup"]["vs_scratch"] == pytest.approx(17.5)
     assert s["speedup"]["vs_lora_zero_spread"]["slow_never"] == 1
+    # final PSNR paired by concept: generated 25 vs scratch 24 (a), 22 vs 18 (b)
+    fv = s["methods"]["generated"]["final_vs"]
+    assert fv["scratch"]["median_diff"] == pytest.approx(2.5) and fv["scratch"]["n"] == 2
+    assert fv["lora-zero"]["share_at_least"] == 1.0
+    assert "final_vs" not in s["methods"]["base"] and "scratch" not in s["methods"]["scratch"].get(
+        "final_vs", {}
+    )
     write_report(tmp_path, s, runs=runs)
     rep = json.loads((tmp_path / "report.json").read_text())
     for m in ("scratch", "lora-zero", "generated", "base"):
@@ -114,7 +135,8 @@ def test_summarise_and_report_contract(tmp_path):
     assert {"vs_scratch", "vs_lora_zero"} <= set(rep["speedup"])
     for png in ("curves.png", "step0.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
-    assert "| generated |" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "| generated |" in md and "| generated | +2.50 (100%) | +3.00 (100%) |" in md
 
 
 def test_final_quality_is_the_median_of_the_last_three():

@@ -68,6 +68,22 @@ def speedups(slow: Sequence[float | None], fast: Sequence[float | None]) -> dict
     }
 
 
+def paired_difference(ref: Sequence[float], other: Sequence[float]) -> dict:
+    """`other` against `ref` on the same concepts (index i: one concept): the median of the
+    per-concept differences other - ref and the share of concepts where other >= ref. The
+    difference of two methods' medians compares two different middle concepts; this does not."""
+    if len(ref) != len(other):
+        raise ValueError(f"paired values differ in length: {len(ref)} vs {len(other)}")
+    if not ref:
+        return {"median_diff": None, "share_at_least": None, "n": 0}
+    diffs = [o - r for r, o in zip(ref, other)]
+    return {
+        "median_diff": statistics.median(diffs),
+        "share_at_least": sum(d >= 0 for d in diffs) / len(diffs),
+        "n": len(diffs),
+    }
+
+
 # The early measurement steps. A crossing is timed at the first measurement at or above the
 # target, so a gap of g steps can overstate a run's steps-to-target by up to g. Before, the early
 # steps were 1, 2, 5, 10, 15, 20, 30, 40, 50 (a subset of these, so a curve measured here can be

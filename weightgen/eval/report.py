@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from weightgen.eval.metrics import (  # noqa: E402
     median,
     median_or_none,
+    paired_difference,
     plateau_quality,
     speedups,
     time_to_target,
@@ -104,6 +105,19 @@ def summarise(step0: dict, runs: dict) -> dict:
             )
         methods[m] = entry
 
+    # final PSNR paired by concept against each baseline that trained on the same concepts
+    for m in names:
+        for ref in ("scratch", "lora-zero"):
+            both = [
+                row["methods"]
+                for row in per_concept.values()
+                if m != ref and m in row["methods"] and ref in row["methods"]
+            ]
+            if both:
+                methods[m].setdefault("final_vs", {})[ref] = paired_difference(
+                    [r[ref]["psnr_final"] for r in both], [r[m]["psnr_final"] for r in both]
+                )
+
     def times(m):
         return [row["methods"].get(m, {}).get("time_to_target_s") for row in per_concept.values()]
 
@@ -162,6 +176,22 @@ def write_report(
             f"| {name} | {_fmt(e['psnr_step0'])} | {_fmt(e['ssim_step0'], 3)} | {_fmt(e.get('psnr_final'))} | "
             f"{_fmt(e.get('ssim_final'), 3)} | {_fmt(e.get('time_to_target_s'))} | {_fmt(e.get('steps_to_target'))} | {reached} |"
         )
+    paired = {k: e["final_vs"] for k, e in m.items() if e.get("final_vs")}
+    if paired:
+        lines += [
+            "",
+            "Final PSNR paired by concept (median of the per-concept differences, dB, and the share "
+            "of concepts where the method ends at least as high):",
+            "",
+            "| method | vs scratch | vs lora-zero |",
+            "|---|---|---|",
+        ]
+        for name, fv in paired.items():
+            cells = [
+                f"{v['median_diff']:+.2f} ({100 * v['share_at_least']:.0f}%)" if v else "—"
+                for v in (fv.get("scratch"), fv.get("lora-zero"))
+            ]
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     sp = summary.get("speedup") or {}
     if sp:
         sc, lz = sp["vs_scratch_spread"], sp["vs_lora_zero_spread"]

@@ -1,5 +1,6 @@
-"""Print session 10's tables from a report.json: every method's medians, the speed-ups of
-`generated` and `refined`, step-0 medians and win rates, and the per-concept times to target.
+"""Print the benchmark's tables from a report.json: every method's medians, the speed-ups of
+`generated`, `blended`, `refined` and `nearest`, step-0 medians and win rates, and the
+per-concept times to target (sessions 10 and 11).
 
     python jobs/results/heldout-tiny-v10/summary.py runs/v9/report/report.json
 """
@@ -32,7 +33,7 @@ def times(k):
 
 
 print()
-for fast in [k for k in ("generated", "refined", "nearest") if k in m]:
+for fast in [k for k in ("generated", "blended", "refined", "nearest") if k in m]:
     for slow in ("scratch", "lora-zero"):
         s = speedups(times(slow), times(fast))
         goal = 15 if slow == "scratch" else 4.6
@@ -46,7 +47,7 @@ for fast in [k for k in ("generated", "refined", "nearest") if k in m]:
         )
 print()
 s0 = rep["step0"]
-for a in ("generated", "refined"):
+for a in ("generated", "blended", "refined"):
     if a not in next(iter(s0.values())):
         continue
     for b in ("nearest", "mean", "generated"):
