@@ -296,3 +296,24 @@ def test_blend_loras_is_the_weighted_mean_of_aligned_loras_and_checks_its_inputs
         blend_loras(a, b, 1.5)
     with pytest.raises(ValueError, match="differ in tensors: \\['y'\\]"):
         blend_loras(a, {**b, "y": torch.zeros(1)}, 0.5)
+
+
+def test_select_concepts_skips_each_familys_first_k_for_a_disjoint_set():
+    from collections import Counter
+
+    from weightgen.concepts import concepts
+    from weightgen.errors import ConfigError
+    from weightgen.eval.benchmark import BenchConfig, select_concepts
+
+    first, second = select_concepts("heldout", 2), select_concepts("heldout", 2, skip=2)
+    assert not {c.id for c in first} & {c.id for c in second}
+    sizes = Counter(c.family for c in concepts("heldout"))
+    # a family with n held-out concepts gives min(2, n - 2) to the second set, in catalogue order
+    assert Counter(c.family for c in second) == {
+        f: min(2, n - 2) for f, n in sizes.items() if n > 2
+    }
+    order = [c.id for c in concepts("heldout")]
+    assert [c.id for c in second] == sorted((c.id for c in second), key=order.index)
+    assert select_concepts("heldout", 1, skip=0) == select_concepts("heldout", 1)
+    with pytest.raises(ConfigError, match="skip_per_family must be >= 0"):
+        BenchConfig(skip_per_family=-1)

@@ -154,6 +154,7 @@ def cmd_evaluate(args) -> int:
     _check_dir_writable(out)
     cfg = BenchConfig(
         per_family=args.per_family,
+        skip_per_family=args.skip_per_family,
         lora_steps=args.lora_steps,
         scratch_max_steps=args.scratch_max_steps,
         sweep_concepts=args.sweep_concepts,
@@ -428,6 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--split", default="heldout", choices=["heldout"])
     pe.add_argument("--out", required=True, help="report folder")
     pe.add_argument("--per-family", type=int, default=2, help="held-out concepts per family")
+    pe.add_argument(
+        "--skip-per-family",
+        type=int,
+        default=0,
+        metavar="K",
+        help="fine-tune the held-out concepts after each family's first K (a set disjoint from "
+        "--per-family K's)",
+    )
     pe.add_argument("--lora-steps", type=int, default=300, help="steps of the base + LoRA methods")
     pe.add_argument(
         "--scratch-max-steps", type=int, default=2000, help="cap of scratch's run to its plateau"

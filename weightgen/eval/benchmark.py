@@ -46,6 +46,7 @@ BLENDED = "blended"
 @dataclass
 class BenchConfig:
     per_family: int = 2  # held-out concepts fine-tuned per family (13 families -> 26 concepts)
+    skip_per_family: int = 0  # fine-tune the ones after each family's first K (a disjoint set)
     lora_steps: int = 300  # budget of every base + LoRA method
     scratch_max_steps: int = 2000  # scratch trains until its plateau, at most this many steps
     patience_steps: int = 300  # plateau: no gain of min_gain_db within this many steps
@@ -78,8 +79,8 @@ class BenchConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.sweep_concepts < 0 or self.workers < 1:
-            raise ConfigError("sweep_concepts must be >= 0 and workers >= 1")
+        if self.sweep_concepts < 0 or self.workers < 1 or self.skip_per_family < 0:
+            raise ConfigError("sweep_concepts and skip_per_family must be >= 0, workers >= 1")
         if self.refine_strength is not None and not 0.0 < self.refine_strength <= 1.0:
             raise ConfigError(f"refine_strength must be in (0, 1], got {self.refine_strength}")
         if self.blend is not None and not 0.0 < self.blend < 1.0:
@@ -108,15 +109,17 @@ class BenchConfig:
         return dataclasses.asdict(self)
 
 
-def select_concepts(split: str, per_family: int) -> list:
-    """The first `per_family` concepts of each family, families in catalogue order (deterministic)."""
+def select_concepts(split: str, per_family: int, skip: int = 0) -> list:
+    """The first `per_family` concepts of each family after its first `skip`, families in
+    catalogue order (deterministic; skip=K gives a set disjoint from per_family<=K's)."""
     from weightgen.concepts import concepts
 
     chosen, seen = [], {}
     for c in concepts(split):
-        if seen.get(c.family, 0) < per_family:
+        n = seen.get(c.family, 0)
+        if skip <= n < skip + per_family:
             chosen.append(c)
-            seen[c.family] = seen.get(c.family, 0) + 1
+        seen[c.family] = n + 1
     return chosen
 
 
@@ -620,7 +623,7 @@ def run_benchmark(
     lrs = {m: cfg.lrs.get(m, sweep["best"].get(m, preset.concept.lr)) for m in methods}
 
     # 3. fine-tunes
-    chosen = select_concepts("heldout", cfg.per_family) if cfg.finetune else []
+    chosen = select_concepts("heldout", cfg.per_family, cfg.skip_per_family) if cfg.finetune else []
     chosen = [c for c in chosen if c in held][: cfg.concepts]
     jobs = []
     for c in chosen:
@@ -734,7 +737,9 @@ def run_benchmark(
         "runs": runs,
         "headline": {
             "held-out concepts": f"{len(held)} at step 0, {len(chosen)} fine-tuned "
-            f"({cfg.per_family} per family)",
+            f"({cfg.per_family} per family"
+            + (f" after the first {cfg.skip_per_family}" if cfg.skip_per_family else "")
+            + ")",
             "generated PSNR at step 0 (median)": f"{m['generated']['psnr_step0']:.2f} dB vs base "
             f"{m['base']['psnr_step0']:.2f}, mean {m['mean']['psnr_step0']:.2f}, nearest "
             f"{m['nearest']['psnr_step0']:.2f}",
