@@ -119,7 +119,7 @@ def test_sample_batch_writes_index(run, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_finetune_from_generated_and_zero(run, tmp_path, capsys):
-    for init in ("generated", "zero", "mean"):
+    for init in ("generated", "zero", "mean", "blended"):
         out = tmp_path / init
         rc = main(
             [
@@ -140,6 +140,15 @@ def test_finetune_from_generated_and_zero(run, tmp_path, capsys):
         curve = json.loads((out / "curve.json").read_text())
         assert curve["steps"] == 5 and [p["step"] for p in curve["curve"]] == [0, 5]
         assert (out / "lora.safetensors").is_file()
+    # blended starts between its parents: neither the generated nor the nearest LoRA's step 0
+    starts = {
+        i: json.loads((tmp_path / i / "curve.json").read_text())["curve"][0]["psnr"]
+        for i in ("generated", "blended")
+    }
+    assert starts["blended"] != starts["generated"]
+    rc = main(["finetune", "--concept", IDS[0], "--init", "blended", "--blend", "1",
+               "--run", str(run), "--out", str(tmp_path / "bad")])  # fmt: skip
+    _one_line_error(capsys, rc, "--blend must be in (0, 1), got 1.0")
 
 
 @pytest.mark.slow

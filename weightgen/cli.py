@@ -274,11 +274,14 @@ def cmd_finetune(args) -> int:
     from safetensors.torch import load_file, save_file
 
     from weightgen.concepts import get_concept
-    from weightgen.eval.newconcept import WeightBaselines, finetune
+    from weightgen.errors import WeightgenError
+    from weightgen.eval.newconcept import WeightBaselines, blend_loras, finetune
     from weightgen.gan import load_base
     from weightgen.text import get_encoder
 
     concept = get_concept(args.concept)
+    if not 0.0 < args.blend < 1.0:
+        raise WeightgenError(f"--blend must be in (0, 1), got {args.blend}")
     run = Path(args.run)
     base_state, preset = load_base(Path(args.base) if args.base else run / "base")
     enc = get_encoder(preset.text_model, preset.gan.max_text_tokens)
@@ -286,14 +289,19 @@ def cmd_finetune(args) -> int:
     init, method = None, {"zero": "lora-zero"}.get(args.init, args.init)
     if args.lora:
         init, method = load_file(args.lora), "generated"
-    elif args.init == "generated":
-        from weightgen.diffusion import generate_lora, load_generator
+    else:
+        if args.init in ("generated", "blended"):
+            from weightgen.diffusion import generate_lora, load_generator
 
-        bundle = load_generator(Path(args.generator) if args.generator else run / "generator")
-        init = generate_lora(bundle, [concept.text], encoder=enc)[0]
-    elif args.init in ("nearest", "mean"):
-        b = WeightBaselines.from_dataset(args.dataset or str(run / "dataset"))
-        init = b.mean_lora if args.init == "mean" else b.nearest(tb.pooled[0])[0]
+            bundle = load_generator(Path(args.generator) if args.generator else run / "generator")
+            init = generate_lora(bundle, [concept.text], encoder=enc)[0]
+        if args.init in ("nearest", "mean", "blended"):
+            b = WeightBaselines.from_dataset(args.dataset or str(run / "dataset"))
+            if args.init == "mean":
+                init = b.mean_lora
+            else:
+                near = b.nearest(tb.pooled[0])[0]
+                init = near if args.init == "nearest" else blend_loras(init, near, args.blend)
     out = Path(args.out)
     _check_dir_writable(out)
     r = finetune(
@@ -505,7 +513,16 @@ def build_parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("finetune", help="fine-tune one concept from an initialisation")
     pf.add_argument("--concept", required=True, help="concept id (weightgen concepts list)")
     pf.add_argument(
-        "--init", choices=["generated", "zero", "scratch", "nearest", "mean"], default="generated"
+        "--init",
+        choices=["generated", "zero", "scratch", "nearest", "mean", "blended"],
+        default="generated",
+    )
+    pf.add_argument(
+        "--blend",
+        type=float,
+        default=0.5,
+        metavar="ALPHA",
+        help="--init blended: ALPHA x the generated LoRA + (1 - ALPHA) x the nearest training LoRA",
     )
     pf.add_argument(
         "--lora", default=None, help="start from this LoRA .safetensors (e.g. from sample)"

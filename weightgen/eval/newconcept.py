@@ -86,7 +86,7 @@ def blend_loras(
 
     Both share the collection's seeded A init, so their factors are aligned and the blend stays
     near both. Measured (session 11, runs/v9, 57 held-out concepts): the one-step generated LoRA's
-    deviations from that init are 1.1-6x smaller than trained LoRAs' (attention most), so it
+    deviations from that init are up to 6x smaller than trained LoRAs' (attention most), and it
     fine-tunes slower than a trained LoRA of equal quality; the blend keeps the trained scale."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"blend weight must be in [0, 1], got {alpha}")

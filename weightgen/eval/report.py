@@ -207,26 +207,21 @@ def write_report(
             f"concepts where either reached it (generated never did on {lz['fast_never']}, "
             f"lora-zero on {lz['slow_never']})",
         ]
-    if "refined_vs_scratch" in sp:
-        sc, lz = sp["refined_vs_scratch_spread"], sp["refined_vs_lora_zero_spread"]
-        lines += [
-            "",
-            "The same for `refined` (the nearest training LoRA, one denoising step of the "
-            "generator; its time includes that step): "
-            f"**{_fmt(sp['refined_vs_scratch'])}×** vs scratch (never reached on "
-            f"{sc['fast_never']}), **{_fmt(sp['refined_vs_lora_zero'])}×** vs lora-zero "
-            f"(never reached on {lz['fast_never']})",
-        ]
-    if "blended_vs_scratch" in sp:
-        sc, lz = sp["blended_vs_scratch_spread"], sp["blended_vs_lora_zero_spread"]
-        lines += [
-            "",
-            "The same for `blended` (the generated LoRA averaged with the nearest training LoRA; "
-            "its time includes sampling): "
-            f"**{_fmt(sp['blended_vs_scratch'])}×** vs scratch (never reached on "
-            f"{sc['fast_never']}), **{_fmt(sp['blended_vs_lora_zero'])}×** vs lora-zero "
-            f"(never reached on {lz['fast_never']})",
-        ]
+    for key, what in (
+        ("refined", "the nearest training LoRA, one denoising step of the generator; its time "
+         "includes that step"),
+        ("blended", "the generated LoRA averaged with the nearest training LoRA; its time "
+         "includes sampling"),
+    ):  # fmt: skip
+        if f"{key}_vs_scratch" in sp:
+            sc, lz = sp[f"{key}_vs_scratch_spread"], sp[f"{key}_vs_lora_zero_spread"]
+            lines += [
+                "",
+                f"The same for `{key}` ({what}): "
+                f"**{_fmt(sp[f'{key}_vs_scratch'])}×** vs scratch (never reached on "
+                f"{sc['fast_never']}), **{_fmt(sp[f'{key}_vs_lora_zero'])}×** vs lora-zero "
+                f"(never reached on {lz['fast_never']})",
+            ]
     lines += [
         "",
         "## Paper and ours side by side",
