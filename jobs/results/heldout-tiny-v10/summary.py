@@ -1,17 +1,33 @@
 """Print the benchmark's tables from a report.json: every method's medians, the speed-ups of
 `generated`, `blended`, `refined` and `nearest`, step-0 medians and win rates, and the
-per-concept times to target (sessions 10 and 11).
+per-concept times to target (sessions 10 and 11). Several reports of one run on disjoint
+concepts (e.g. --skip-per-family) are pooled: their curves summarised again as one report.
 
     python jobs/results/heldout-tiny-v10/summary.py runs/v9/report/report.json
+    python jobs/results/heldout-tiny-v10/summary.py runs/v9/report-v11/report.json \
+        runs/v9/report-v11b/report.json runs/v9/report-v11c/report.json
 """
 
 import json
 import sys
 
 from weightgen.eval.metrics import speedups
+from weightgen.eval.report import summarise
 
-rep = json.loads(open(sys.argv[1]).read())
+reports = [json.loads(open(a).read()) for a in sys.argv[1:]]
+rep = reports[0]
 m, pc = rep["methods"], rep["per_concept"]
+if len(reports) > 1:
+    runs = {}
+    for r in reports:
+        if set(r["runs"]) & set(runs):
+            sys.exit(f"reports share concepts: {sorted(set(r['runs']) & set(runs))}")
+        if r["learning_rates"] != rep["learning_rates"] or r["step0"] != rep["step0"]:
+            sys.exit("reports differ in learning rates or step 0: not one run's")
+        runs.update(r["runs"])
+    pooled = summarise(rep["step0"], runs)
+    m, pc = pooled["methods"], pooled["per_concept"]
+    print(f"pooled: {len(pc)} concepts from {len(reports)} reports\n")
 print("| method | PSNR step 0 | PSNR final | s to target | steps to target | reached | lr |")
 print("|---|---|---|---|---|---|---|")
 for name, e in m.items():
