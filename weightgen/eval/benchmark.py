@@ -2,7 +2,8 @@
 the same images, seeds and evaluation schedule, with learning rates chosen on training concepts.
 
 Protocol (issue 4; DESIGN.md report contract):
-  1. step 0: base, generated (one DDIM step), nearest and mean training LoRA on every held-out concept;
+  1. step 0: base, generated (one DDIM step), nearest and mean training LoRA on every held-out concept
+     (and `refined` / `blended` when asked: BenchConfig.refine_strength / blend);
   2. learning-rate sweep on training concepts only (never held-out ones): each method's rate is the
      one with the best median quality over log(step) (`metrics.log_step_quality`: early progress,
      as time to target measures, and the end) over the sweep concepts, among the rates whose runs

@@ -85,9 +85,10 @@ def blend_loras(
     """alpha * generated + (1 - alpha) * nearest for every LoRA tensor (A and B alike).
 
     Both share the collection's seeded A init, so their factors are aligned and the blend stays
-    near both. Measured (session 11, runs/v9, 57 held-out concepts): the one-step generated LoRA's
-    deviations from that init are up to 6x smaller than trained LoRAs' (attention most), and it
-    fine-tunes slower than a trained LoRA of equal quality; the blend keeps the trained scale."""
+    near both. Measured (session 11, runs/v9): on the training concepts, the one-step generated
+    LoRA's deviations from that init are up to 6x smaller than the trained LoRAs' (attention
+    most); on held-out ones it fine-tunes slower than a trained LoRA of equal step-0 quality.
+    The blend keeps the trained scale (jobs/results/heldout-tiny-v11)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"blend weight must be in [0, 1], got {alpha}")
     if generated.keys() != nearest.keys():
