@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import top_nearest
 
 from weightgen.concepts import concepts
 from weightgen.eval.benchmark import _Context
@@ -35,16 +36,7 @@ res = {}
 for i, c in enumerate(held):
     xe, ye = eval_pairs(c, ctx.preset)
     xt, yt = train_pairs(c, ctx.preset)
-    order = np.argsort(-sims[:, i])
-    ids, nl = [], []
-    for j in order:
-        cid = ctx.baselines.concept_ids[j]
-        if cid in ids:
-            continue
-        ids.append(cid)
-        nl.append(ctx.baselines.layout.from_blocks(torch.from_numpy(ctx.baselines.blocks[j])))
-        if len(nl) == 5:
-            break
+    nl = top_nearest(ctx.baselines, sims[:, i], 5)
     cand = {"g": gen[i], **{f"n{k}": nl[k] for k in range(5)}}
     for a in (0.25, 0.5, 0.75):
         cand[f"m{a}"] = {k: a * gen[i][k] + (1 - a) * nl[0][k] for k in gen[i]}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import top_nearest
 
 from weightgen.concepts import concepts
 from weightgen.eval.benchmark import _Context, find_nearest
@@ -40,17 +41,7 @@ res = {}
 for i, c in enumerate(held):
     xe, ye = eval_pairs(c, ctx.preset)
     xt, yt = train_pairs(c, ctx.preset)
-    order = np.argsort(-sims[:, i])
-    ids = []
-    nl = []
-    for j in order:
-        cid = ctx.baselines.concept_ids[j]
-        if cid in ids:
-            continue
-        ids.append(cid)
-        nl.append(ctx.baselines.layout.from_blocks(torch.from_numpy(ctx.baselines.blocks[j])))
-        if len(nl) == 3:
-            break
+    nl = top_nearest(ctx.baselines, sims[:, i], 3)
     row = {}
     allc = dict(cands)
     for k in range(3):
