@@ -712,12 +712,17 @@ def run_benchmark(
         return {k: sum(step0[c][a]["psnr"] > step0[c][k]["psnr"] for c in step0) / n for k in refs}
 
     wins = win_rate("generated", ("base", "lora-zero", "mean", "nearest"))
-    refined_wins = (
-        win_rate(REFINED, ("generated", "mean", "nearest")) if REFINED in extra_step0 else None
-    )
-    blended_wins = (
-        win_rate(BLENDED, ("generated", "mean", "nearest")) if BLENDED in extra_step0 else None
-    )
+    # the opt-in methods (refined, blended): their step-0 wins and how the headline names them
+    extra_wins = {k: win_rate(k, ("generated", "mean", "nearest")) for k in extra_step0}
+
+    def extra_label(k: str) -> str:
+        if k == REFINED:
+            return f"refined (nearest LoRA, one step from strength {cfg.refine_strength:g})"
+        return f"blended ({cfg.blend:g} generated + {1 - cfg.blend:g} nearest)"
+
+    def shares(w: dict[str, float]) -> str:
+        return ", ".join(f"{k} {100 * v:.0f}%" for k, v in w.items())
+
     cost = one_off_cost(run, ctx.bundle.meta, Path(generator) if generator else run / "generator")
     saved = payback(m, cost)
     extra = {
@@ -728,8 +733,7 @@ def run_benchmark(
         "payback": saved,
         "text_to_lora_s": {"one": one_s, "per_concept_in_batch": per_text_s, "batch": len(held)},
         "generated_step0_win_rate": wins,
-        **({"refined_step0_win_rate": refined_wins} if refined_wins else {}),
-        **({"blended_step0_win_rate": blended_wins} if blended_wins else {}),
+        **{f"{k}_step0_win_rate": w for k, w in extra_wins.items()},
         "nearest": {
             k: {kk: v[kk] for kk in ("concept", "similarity")} for k, v in nearest_of.items()
         },
@@ -744,28 +748,12 @@ def run_benchmark(
             "generated PSNR at step 0 (median)": f"{m['generated']['psnr_step0']:.2f} dB vs base "
             f"{m['base']['psnr_step0']:.2f}, mean {m['mean']['psnr_step0']:.2f}, nearest "
             f"{m['nearest']['psnr_step0']:.2f}",
-            "generated beats at step 0 (share of concepts)": ", ".join(
-                f"{k} {100 * v:.0f}%" for k, v in wins.items()
-            ),
-            **(
-                {
-                    f"refined (nearest LoRA, one step from strength {cfg.refine_strength:g}) "
-                    "at step 0": f"median {m[REFINED]['psnr_step0']:.2f} dB; beats "
-                    + ", ".join(f"{k} {100 * v:.0f}%" for k, v in refined_wins.items())
-                }
-                if refined_wins
-                else {}
-            ),
-            **(
-                {
-                    f"blended ({cfg.blend:g} generated + {1 - cfg.blend:g} nearest) at step 0": (
-                        f"median {m[BLENDED]['psnr_step0']:.2f} dB; beats "
-                        + ", ".join(f"{k} {100 * v:.0f}%" for k, v in blended_wins.items())
-                    )
-                }
-                if blended_wins
-                else {}
-            ),
+            "generated beats at step 0 (share of concepts)": shares(wins),
+            **{
+                f"{extra_label(k)} at step 0": f"median {m[k]['psnr_step0']:.2f} dB; beats "
+                + shares(w)
+                for k, w in extra_wins.items()
+            },
             "learning rates (sweep on training concepts)": ", ".join(
                 f"{k} {v:g}" for k, v in lrs.items()
             ),
