@@ -1,6 +1,6 @@
 """Benchmark of the fused block kernels against eager torch and torch.compile of the reference.
 
-    python -m kernels.bench [--concepts 1 64 1024] [--dtypes float32 bfloat16] [--out DIR]
+    python -m weightgen_kernels.bench [--concepts 1 64 1024] [--dtypes float32 bfloat16] [--out DIR]
                             [--peak-gbps G] [--no-compile] [--sweep]
 
 Bytes each kernel must move (each value once; stats read once; padding neither read nor written
@@ -66,7 +66,7 @@ def copy_gbps() -> float:
 
 
 def run(args) -> list[dict]:
-    from kernels.block_kernels import block_normalize
+    from weightgen_kernels.block_kernels import block_normalize
 
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(dev)
@@ -151,7 +151,7 @@ def run(args) -> list[dict]:
 
 def _cases(flat, blocks, layout, off, ln, idx, mask, pos, mean, std, cnorm, creas):
     """{kernel: (bytes it must move, {impl: fn})} for one batch of concepts."""
-    from kernels.block_kernels import block_normalize, block_reassemble
+    from weightgen_kernels.block_kernels import block_normalize, block_reassemble
 
     n, s, p = layout.num_blocks, layout.block_size, layout.num_params
     b, dt = flat.shape[0], flat.dtype
@@ -179,7 +179,7 @@ def _cases(flat, blocks, layout, off, ln, idx, mask, pos, mean, std, cnorm, crea
 
 def sweep(layout, mean, std, off, ln, name, peak, b, dtype=torch.float32) -> list[dict]:
     """Rows per program x warps for both kernels, `dtype` data, b concepts."""
-    from kernels.block_kernels import block_normalize, block_reassemble
+    from weightgen_kernels.block_kernels import block_normalize, block_reassemble
 
     n, s, p = layout.num_blocks, layout.block_size, layout.num_params
     flat = torch.randn(b, p, device="cuda").to(dtype)
@@ -255,7 +255,9 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m weightgen_kernels.bench", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--concepts", type=int, nargs="+", default=[1, 64, 1024])
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["float32", "bfloat16"])
     ap.add_argument("--block-size", type=int, default=256)
@@ -265,13 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="also sweep rows/program x warps")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("kernels.bench: needs a CUDA GPU (none found); nothing measured", file=sys.stderr)
+        print(
+            "weightgen_kernels.bench: needs a CUDA GPU (none found); nothing measured",
+            file=sys.stderr,
+        )
         return 2
-    from kernels.block_kernels import interpreting
+    from weightgen_kernels.block_kernels import interpreting
 
     if interpreting():
         print(
-            "kernels.bench: unset TRITON_INTERPRET (or set it to 0) to time the GPU kernels",
+            "weightgen_kernels.bench: unset TRITON_INTERPRET (or set it to 0) to time the GPU kernels",
             file=sys.stderr,
         )
         return 2

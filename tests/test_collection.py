@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from weightgen.blocks import BlockLayout, BlockStats
-from weightgen.collection import EVAL_SEED_OFFSET, Job, plan_jobs, vet
-from weightgen.concepts import get_concept, make_pairs
+from weightgen.collection import Job, plan_jobs, vet
+from weightgen.concepts import EVAL_SEED_OFFSET, get_concept, make_pairs
 from weightgen.config import CollectConfig, ConceptTrainConfig, GANConfig, Preset
 from weightgen.data import load_all, read_manifest
 from weightgen.gan import E2GANGenerator, build_concept_model, evaluate, save_base

@@ -6,8 +6,8 @@ tiny (~30 programs a launch). GPU (`-m gpu`, TRITON_INTERPRET=0): the dispatchin
 
 import pytest
 import torch
+from weightgen_kernels.block_kernels import block_normalize, block_reassemble, interpreting
 
-from kernels.block_kernels import block_normalize, block_reassemble, interpreting
 from weightgen.blocks import BlockLayout, normalize, normalize_ref, reassemble, reassemble_ref
 
 ENTRIES = [
@@ -170,7 +170,7 @@ def test_launcher_checks(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(interpreting(), reason="GPU tests need TRITON_INTERPRET=0")
 def test_gpu_dispatch_matches_reference(S, B, dtype):
-    from kernels.bench import paper_layout
+    from weightgen_kernels.bench import paper_layout
 
     layout = paper_layout(block_size=S)
     g = torch.Generator(device="cuda").manual_seed(S * B)
@@ -218,7 +218,7 @@ def test_missing_triton_falls_back_with_one_warning(monkeypatch):
     import weightgen.blocks as wb
 
     monkeypatch.setattr(wb, "_kernels", None)
-    monkeypatch.setitem(sys.modules, "kernels.block_kernels", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "weightgen_kernels.block_kernels", None)  # import raises ImportError
     with pytest.warns(RuntimeWarning, match="torch reference"):
         assert wb._get_kernels() is None
     with warnings.catch_warnings():

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from weightgen.config import GANConfig, LoRAConfig, Preset
+from weightgen.data.sensitivity import WEIGHT_CLAMP, loss_weights
 from weightgen.diffusion.schedule import diffusion_loss
 from weightgen.gan import E2GANGenerator, build_concept_model, load_lora, lora_state_dict
-from weightgen.gan.sensitivity import WEIGHT_CLAMP, lora_sensitivity, loss_weights
+from weightgen.gan.sensitivity import lora_sensitivity
 from weightgen.gan.train import to_model
 
 PRESET = Preset(name="t", gan=GANConfig(image_size=16, channels=8), lora=LoRAConfig(rank=2))

@@ -139,7 +139,7 @@ def test_stream_batch_normalised_on_cuda_through_the_kernel(dataset, monkeypatch
     weightgen.blocks.normalize's dispatch), equal to the in-memory data set's rows."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         pytest.skip("GPU kernels need TRITON_INTERPRET=0")
-    kernels = pytest.importorskip("kernels.block_kernels")
+    kernels = pytest.importorskip("weightgen_kernels.block_kernels")
     calls = []
     real = kernels.block_normalize
 

@@ -17,11 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from weightgen.concepts import get_concept, make_pairs
+from weightgen.concepts import EVAL_SEED_OFFSET, get_concept, make_pairs
 from weightgen.config import CollectConfig, Preset
 from weightgen.gan import build_concept_model, lora_state_dict, train_concept
-
-EVAL_SEED_OFFSET = 1_000_003  # evaluation crops of a job never share a seed with its training crops
 
 
 @dataclass(frozen=True)

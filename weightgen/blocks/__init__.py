@@ -1,7 +1,7 @@
 """Weights <-> blocks: BlockLayout, per-block statistics, normalise / reassemble.
 
 `normalize` and `reassemble` dispatch: CUDA tensors go to the fused Triton kernels in
-`kernels.block_kernels` (imported lazily; the reference with a one-time warning if that import
+`weightgen_kernels.block_kernels` (imported lazily; the reference with a one-time warning if that import
 fails), everything else to the torch reference. backend="torch"/"triton" forces one (for tests
 and benchmarks). Importing this package needs neither triton nor a GPU.
 """
@@ -36,7 +36,7 @@ __all__ = [
     "reassemble_ref",
 ]
 
-_kernels = None  # module kernels.block_kernels, False once its import failed
+_kernels = None  # module weightgen_kernels.block_kernels, False once its import failed
 
 
 def _pick(t: Tensor, backend: str):
@@ -44,7 +44,9 @@ def _pick(t: Tensor, backend: str):
     if backend == "torch":
         return None
     if backend == "triton":
-        return importlib.import_module("kernels.block_kernels")  # ImportError: caller's to see
+        return importlib.import_module(
+            "weightgen_kernels.block_kernels"
+        )  # ImportError: caller's to see
     if backend != "auto":
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     return _get_kernels() if t.is_cuda else None
@@ -54,7 +56,7 @@ def _get_kernels():
     global _kernels
     if _kernels is None:
         try:
-            _kernels = importlib.import_module("kernels.block_kernels")
+            _kernels = importlib.import_module("weightgen_kernels.block_kernels")
         except ImportError as e:
             warnings.warn(
                 f"Triton block kernels unavailable ({e}); using the torch reference on CUDA",

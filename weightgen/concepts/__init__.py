@@ -13,13 +13,15 @@ from weightgen.concepts.catalogue import (
 )
 from weightgen.concepts.edits import EDITS, Edit, apply_program
 from weightgen.concepts.images import COLLECT_PHOTOS, EVAL_PHOTOS, load_photo, random_crops
-from weightgen.concepts.pairs import make_pairs, save_concept_grid
+from weightgen.concepts.pairs import EVAL_SEED_OFFSET, PAIR_SPLITS, make_pairs, save_concept_grid
 
 __all__ = [
     "COLLECT_PHOTOS",
     "EDITS",
     "EVAL_PHOTOS",
+    "EVAL_SEED_OFFSET",
     "FAMILIES",
+    "PAIR_SPLITS",
     "SPLITS",
     "Concept",
     "Edit",

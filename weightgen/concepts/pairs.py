@@ -16,9 +16,11 @@ from weightgen.concepts.catalogue import Concept, get_concept
 from weightgen.concepts.edits import apply_program
 from weightgen.concepts.images import COLLECT_PHOTOS, EVAL_PHOTOS, random_crops
 
-__all__ = ["PAIR_SPLITS", "make_pairs", "save_concept_grid"]
+__all__ = ["EVAL_SEED_OFFSET", "PAIR_SPLITS", "make_pairs", "save_concept_grid"]
 
 PAIR_SPLITS = {"collect": COLLECT_PHOTOS, "eval": EVAL_PHOTOS}
+# a job's evaluation crops use seed + this, so they never share a seed with its training crops
+EVAL_SEED_OFFSET = 1_000_003
 
 
 @contextlib.contextmanager

@@ -65,7 +65,7 @@ def diffusion_loss(
     """x0 (B, N, S) normalised clean blocks, valid (N, S) bool -> scalar MSE over valid entries.
 
     `weight` (N, S), mean 1 over valid entries and 0 on padding, weighs each value's squared
-    error (e.g. weightgen.gan.sensitivity.loss_weights); None: every valid value counts once.
+    error (e.g. weightgen.data.sensitivity.loss_weights); None: every valid value counts once.
 
     t ~ U{0..T-1}, noise ~ N(0, I), text dropped with probability `cond_drop_prob` (default: the
     model's config value), all drawn from `generator` (so a step's randomness is reproducible).

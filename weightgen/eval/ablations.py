@@ -162,7 +162,7 @@ def _recut_sensitivity(st, old, new, dst: Path) -> None:
     for a subset of them."""
     from safetensors.torch import save
 
-    from weightgen.gan.sensitivity import SENSITIVITY_FILE, read_sensitivity
+    from weightgen.data.sensitivity import SENSITIVITY_FILE, read_sensitivity
 
     if not st.exists(SENSITIVITY_FILE):
         return

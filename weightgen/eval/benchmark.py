@@ -522,7 +522,7 @@ def one_off_cost(
             source = "summary, scaled from the resumed steps"
     sens = None
     if (bundle_meta.get("train_config") or {}).get("loss_weight") == "sensitivity":
-        from weightgen.gan.sensitivity import sensitivity_seconds
+        from weightgen.data.sensitivity import sensitivity_seconds
 
         sens = sensitivity_seconds(str(run / "dataset"))
     # a warm-started generator (train --init) also cost everything its initialisation cost

@@ -70,7 +70,8 @@ def run_demo(
         _stage(3, 4, f"generator: reusing {gen_dir}")
     else:
         _stage(3, 4, "generator: training the block diffusion transformer (DeepSpeed, one process)")
-        from weightgen.gan.sensitivity import SENSITIVITY_FILE, dataset_sensitivity
+        from weightgen.data.sensitivity import SENSITIVITY_FILE
+        from weightgen.gan.sensitivity import dataset_sensitivity
 
         if not (dataset / SENSITIVITY_FILE).is_file():
             # the x0 loss weighs each value by how much it moves the image (TrainConfig)

@@ -74,8 +74,7 @@ def build_base(
 
     from tqdm.auto import tqdm
 
-    from weightgen.collection import EVAL_SEED_OFFSET
-    from weightgen.concepts import base_concepts, make_pairs
+    from weightgen.concepts import EVAL_SEED_OFFSET, base_concepts, make_pairs
     from weightgen.gan.train import evaluate, pretrain_base
     from weightgen.text import get_encoder
 

@@ -279,9 +279,9 @@ def load_train_data(uri: str | os.PathLike, *, paraphrases: bool = False) -> Tra
 
 def load_loss_weights(uri: str | os.PathLike, layout: BlockLayout, stats: BlockStats) -> Tensor:
     """(N, S) x0-loss weights from the data set's sensitivity.safetensors (written by
-    `weightgen sensitivity`): weightgen.gan.sensitivity.loss_weights of it. TrainError when the
+    `weightgen sensitivity`): weightgen.data.sensitivity.loss_weights of it. TrainError when the
     file is missing or belongs to another layout."""
-    from weightgen.gan.sensitivity import SENSITIVITY_FILE, loss_weights, read_sensitivity
+    from weightgen.data.sensitivity import SENSITIVITY_FILE, loss_weights, read_sensitivity
 
     uri = str(uri)
     try:

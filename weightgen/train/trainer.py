@@ -120,7 +120,7 @@ class TrainConfig:
     paraphrases: bool = False
     # x0-loss weight per block value: "uniform" (every normalised value counts once) or
     # "sensitivity" (by how much each value moves the image, from the data set's
-    # sensitivity.safetensors; weightgen.gan.sensitivity.loss_weights). Measured (runs/v3, 1,500
+    # sensitivity.safetensors; weightgen.data.sensitivity.loss_weights). Measured (runs/v3, 1,500
     # more steps from a 12k-step generator): held-out step-0 PSNR 18.0 dB uniform -> 19.4 dB
     loss_weight: str = "uniform"
     # image loss (weightgen.train.imageloss): weight of the pixel MSE ([0, 1] units) between base +
