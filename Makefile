@@ -31,7 +31,7 @@ $(BIN)/weightgen: pyproject.toml $(LOCK)
 venv: $(BIN)/weightgen
 
 run: venv
-	$(BIN)/weightgen demo --out runs/demo
+	$(BIN)/weightgen demo --config demo --out runs/demo
 
 test: venv
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -ra tests

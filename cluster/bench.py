@@ -91,8 +91,8 @@ def bench_noop(ray, n: int, in_flight: int) -> dict:
 
 
 def bench_pipeline(base: str, out: str, ids: list[str], seeds: int) -> dict:
-    from cluster.collect import collect
     from cluster.synthetic import synthetic_job
+    from weightgen.collect import collect
 
     run = functools.partial(
         collect,
@@ -126,8 +126,7 @@ def bench_pipeline(base: str, out: str, ids: list[str], seeds: int) -> dict:
 def bench_real(base: str, root: Path, ids: list[str]) -> dict:
     import ray
 
-    from cluster.collect import collect
-    from cluster.ledger import DONE, Ledger
+    from weightgen.collect import DONE, Ledger, collect
     from weightgen.data import open_storage
 
     res = {}

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from weightgen.collection import Job, lora_template
+from weightgen.collect.job import Job, lora_template
 from weightgen.config import Preset
 
 

@@ -1,7 +1,7 @@
 """Entry point for `ray job submit`: the `weightgen collect` command, same flags, on the cluster.
 
     ray job submit --address http://HEAD:8265 --working-dir . --runtime-env cluster/runtime_env.yaml \
-        -- python jobs/collect.py --preset tiny --base runs/demo/base --out s3://bucket/prefix
+        -- python jobs/collect.py --base runs/demo/base --out s3://bucket/prefix [--config tiny]
 
 Inside a Ray job RAY_ADDRESS is set; the driver then joins that cluster (`--address auto`) instead
 of starting a local Ray. Re-submitting the same command resumes: finished jobs are skipped.
@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get("RAY_ADDRESS") and not any(a.split("=")[0] == "--address" for a in argv):
         argv += ["--address", "auto"]
-    logging.getLogger("cluster").setLevel(logging.INFO)  # progress of the run in the job's log
+    logging.getLogger("weightgen.collect").setLevel(
+        logging.INFO
+    )  # progress of the run in the job's log
     return weightgen_main(["collect", *argv])
 
 

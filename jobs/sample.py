@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+from weightgen.config import add_config_args
+
 INDEX_JSON = "index.json"
 INDEX_DIR = "index"
 SUFFIX = ".safetensors"
@@ -53,9 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", required=True, help="generator run folder (RUN/generator)")
     p.add_argument("--texts", required=True, help="text file: one concept text per line")
     p.add_argument("--out", required=True, help="output folder or URI (path, file://, s3://)")
-    p.add_argument("--steps", type=int, default=1, help="denoising steps (1: the paper's)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, default=0)
+    add_config_args(p)  # the [sample] section: steps, guidance, seed
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass per rank")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per rank / Ray task")
     p.add_argument("--ray", action="store_true", help="one Ray task per chunk of texts")
@@ -204,7 +204,7 @@ def _settings(args, bundle) -> dict:
 
 def _check_args(args) -> None:
     if args.steps < 1 or args.batch_size < 1 or args.chunk_size < 1:
-        raise ValueError("--steps, --batch-size and --chunk-size must be >= 1")
+        raise ValueError("sample.steps, --batch-size and --chunk-size must be >= 1")
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be >= 1")
 
@@ -308,16 +308,6 @@ def sample_chunk(
     return {"task": task, "written": len(rows), "load_s": t1 - t0, "sample_s": t2 - t1}
 
 
-def _init_ray(workers: int):
-    """(ray, True when this call started it): RAY_ADDRESS's cluster, else a local Ray."""
-    import ray
-
-    from cluster.collect import init_ray
-
-    started = not ray.is_initialized()
-    return init_ray(os.environ.get("RAY_ADDRESS"), workers), started
-
-
 def run_ray(args) -> dict:
     """The --ray driver: chunks of the texts still to do, one Ray task each, then index.json."""
     from weightgen.data import open_storage
@@ -343,27 +333,25 @@ def run_ray(args) -> dict:
 
     results, ray_start, seconds = [], 0.0, 0.0
     if chunks:
+        from weightgen.pool import as_completed, ray_session
+
         t0 = time.perf_counter()
-        ray, owned = _init_ray(workers)
-        t1 = time.perf_counter()
-        ray_start = t1 - t0
-        try:
+        with ray_session(workers=workers) as ray:
+            t1 = time.perf_counter()
+            ray_start = t1 - t0
             task = ray.remote(num_cpus=threads, num_gpus=args.gpus_per_task, max_retries=2)(
                 sample_chunk
             )
             gen_ref = ray.put(pack_generator(args.generator))
-            out, pending = str(storage.uri), []
-            for c, idx in enumerate(chunks):
-                if len(pending) >= workers:  # bounded in flight
-                    ready, pending = ray.wait(pending, num_returns=1)
-                    results += ray.get(ready)
-                items = [(i, texts[i]) for i in idx]
-                pending.append(task.remote(c, items, gen_ref, out, settings, opts))
-            results += ray.get(pending)
+            out = str(storage.uri)
+
+            def submit(c: int):
+                items = [(i, texts[i]) for i in chunks[c]]
+                return task.remote(c, items, gen_ref, out, settings, opts)
+
+            for _, ref in as_completed(ray, submit, range(len(chunks)), max_in_flight=workers):
+                results.append(ray.get(ref))
             seconds = time.perf_counter() - t1
-        finally:
-            if owned:
-                ray.shutdown()
     wrote = sum(r["written"] for r in results)
     index = write_index(storage, texts, settings)
     return {
@@ -390,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     from weightgen.errors import WeightgenError
 
     try:
+        from weightgen.config import load_config
+
+        sc = load_config(args.config, args.set).sample
+        args.steps, args.guidance, args.seed = sc.steps, sc.guidance, sc.seed
         summary = run_ray(args) if args.ray else run(args)
     except (WeightgenError, StorageError, FileNotFoundError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

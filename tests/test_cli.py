@@ -47,22 +47,23 @@ def test_unknown_concept(capsys, tmp_path):
     _assert_one_line_error(rc, err, "unknown concept 'no-such-concept'", "weightgen concepts list")
 
 
-def test_unknown_preset(capsys, tmp_path):
-    rc, _, err = _run(capsys, "base", "--preset", "huge", "--out", str(tmp_path))
-    _assert_one_line_error(rc, err, "unknown preset 'huge'", "tiny")
+def test_unknown_config(capsys, tmp_path):
+    rc, _, err = _run(capsys, "base", "--config", "huge", "--out", str(tmp_path))
+    _assert_one_line_error(rc, err, "unknown config 'huge'", "demo, paper, tiny")
 
 
-def test_preset_overrides_are_typed_and_validated():
-    from weightgen.config import ConfigError, Preset, get_preset
+def test_config_overrides_are_typed_and_validated():
+    from weightgen.config import ConfigError, Preset, load_config
 
-    p = get_preset(
-        "tiny", ["gan.channels=16", "lora.rank=4", "concept.lr=1e-3", "lora.targets=stem,head"]
+    before = load_config("tiny")
+    p = load_config(
+        "tiny", ["gan.channels=8", "lora.rank=4", "concept.lr=1e-3", "lora.targets=stem,head"]
     )
-    assert p.gan.channels == 16 and isinstance(p.gan.channels, int)
+    assert p.gan.channels == 8 and isinstance(p.gan.channels, int)
     assert p.lora.rank == 4 and p.concept.lr == 1e-3
     assert p.lora.targets == ("stem", "head")
     assert Preset.from_dict(p.to_dict()) == p  # saved with the base and read back the same
-    assert get_preset("tiny") == Preset(name="tiny")  # overrides never leak into the preset
+    assert load_config("tiny") == before != p  # overrides never leak into the config
     for bad, needle in [
         ("gan.channels", "expected section.field=value"),
         ("gan.width=16", "no field 'width'"),
@@ -72,7 +73,7 @@ def test_preset_overrides_are_typed_and_validated():
         ("lora.rank=0", "rank must be >= 1"),
     ]:
         with pytest.raises(ConfigError, match=needle):
-            get_preset("tiny", [bad])
+            load_config("tiny", [bad])
 
 
 def test_base_override_error_is_one_line(capsys, tmp_path):
@@ -100,8 +101,8 @@ def test_collect_without_base(capsys, tmp_path):
         str(tmp_path / "nobase"),
         "--out",
         str(tmp_path / "ds"),
-        "--limit",
-        "1",
+        "--set",
+        "collect.limit=1",
     )
     _assert_one_line_error(rc, err, "no complete base generator", "weightgen base")
 
@@ -110,10 +111,10 @@ def test_collect_with_a_base_of_another_architecture(capsys, tmp_path):
     """A base saved before the tanh output has the same tensors but other semantics: refused."""
     import json
 
-    from weightgen.config import get_preset
+    from weightgen.config import load_config
     from weightgen.gan import E2GANGenerator, save_base
 
-    p = get_preset("tiny")
+    p = load_config("tiny")
     save_base(tmp_path / "base", E2GANGenerator(p.gan).state_dict(), p, {"steps": 0})
     metrics = tmp_path / "base" / "metrics.json"
     old = json.loads(metrics.read_text())
@@ -127,10 +128,10 @@ def test_collect_with_a_base_of_another_architecture(capsys, tmp_path):
 
 
 def test_collect_unknown_concept(capsys, tmp_path):
-    from weightgen.config import get_preset
+    from weightgen.config import load_config
     from weightgen.gan import E2GANGenerator, save_base
 
-    p = get_preset("tiny")
+    p = load_config("tiny")
     save_base(tmp_path / "base", E2GANGenerator(p.gan).state_dict(), p, {})
     rc, _, err = _run(
         capsys,

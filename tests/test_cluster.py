@@ -6,19 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from cluster.collect import (
-    CollectError,
-    PlannedJob,
-    _collect_task,
-    _meta,
-    _open_dataset,
-    finalize,
-    plan,
-)
-from cluster.ledger import DONE, FAILED, REJECTED, Ledger
 from cluster.synthetic import synthetic_job
 from weightgen.blocks import BlockLayout, BlockStats
-from weightgen.collection import lora_template, vet
+from weightgen.collect.driver import PlannedJob, _collect_task, _meta, _open_dataset, plan
+from weightgen.collect.finalize import CollectError, finalize
+from weightgen.collect.job import lora_template, vet
+from weightgen.collect.ledger import DONE, FAILED, REJECTED, Ledger
 from weightgen.config import CollectConfig, ConceptTrainConfig, GANConfig, LoRAConfig, Preset
 from weightgen.data import DatasetError, iter_samples, load_all, open_storage
 
@@ -202,9 +195,13 @@ def test_cli_seeds_flag_and_errors(tmp_path, capsys):
     p = _preset()
     save_base(tmp_path / "base", E2GANGenerator(p.gan).state_dict(), p, {})
     argv = ["collect", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "ds")]
-    assert main([*argv, "--concept", "tone-010", "--seeds", "0"]) == 2
+    assert main([*argv, "--concept", "tone-010", "--set", "collect.seeds_per_concept=0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "weightgen: error: --seeds must be >= 1, got 0"
+    assert err.startswith("weightgen: error: ") and "\n" not in err
+    assert "collect.seeds_per_concept must be >= 1, got 0" in err
+    assert main([*argv, "--concept", "tone-010", "--set", "gan.channels=4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "collect takes --set collect.FIELD only ('gan.channels=4'" in err
     Env(tmp_path / "other", base_sha="c" * 64)  # a dataset of another base at this --out
     assert main([*argv[:-1], str(tmp_path / "other"), "--concept", "tone-010"]) == 2
     err = capsys.readouterr().err.strip()

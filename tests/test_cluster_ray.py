@@ -20,9 +20,8 @@ import pytest
 import torch
 from _s3 import free_ports, weed_server
 
-from cluster.collect import collect, plan
-from cluster.ledger import DONE, Ledger
 from cluster.synthetic import synthetic_job
+from weightgen.collect import DONE, Ledger, collect, plan
 from weightgen.config import CollectConfig, ConceptTrainConfig, GANConfig, Preset
 from weightgen.data import load_all, open_storage, read_manifest
 from weightgen.gan import E2GANGenerator, save_base
@@ -222,7 +221,7 @@ def test_killed_driver_resumes_from_ledger(cluster, base_dir, tmp_path):
     args = dict(out=str(out), base=str(base_dir), concept_ids=IDS, seeds_per_concept=2)
     script = (
         "import functools, ray\n"
-        "from cluster.collect import collect\n"
+        "from weightgen.collect import collect\n"
         "from cluster.synthetic import synthetic_job\n"
         f"ray.init(address={head.address!r}, log_to_driver=False)\n"
         f"collect(**{args!r}, progress=False,\n"
@@ -288,7 +287,7 @@ def _submit(head: RayHead, cwd: Path, *args: str) -> str:
 def test_ray_job_submit_end_to_end(cluster, base_dir, snapshot):
     head, _ = cluster
     uri = "s3://wg-cluster/job"
-    common = ["--preset", "tiny", "--base", str(base_dir), "--out", uri]
+    common = ["--base", str(base_dir), "--out", uri]
     out = _submit(head, snapshot, *common, "--concept", IDS[0], "--concept", IDS[1])
     assert "collected 2/2 concepts" in out
     # a larger plan: only the new concept trains (one attempt marker per id, ever)
@@ -306,6 +305,6 @@ def test_ray_job_submit_end_to_end(cluster, base_dir, snapshot):
 
 
 def _base_sha(base_dir: Path) -> str:
-    from cluster.collect import file_sha256
+    from weightgen.collect.driver import file_sha256
 
     return file_sha256(base_dir / "generator.safetensors")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from weightgen.blocks import BlockLayout, BlockStats
-from weightgen.collection import Job, plan_jobs, vet
+from weightgen.collect.job import Job, plan_jobs, vet
 from weightgen.concepts import EVAL_SEED_OFFSET, get_concept, make_pairs
 from weightgen.config import CollectConfig, ConceptTrainConfig, GANConfig, Preset
 from weightgen.data import load_all, read_manifest
@@ -50,7 +50,7 @@ def base_dir(tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_collect_read_back_and_reproduce(ray_local, base_dir, tmp_path):
-    from cluster.collect import collect
+    from weightgen.collect import collect
 
     out = tmp_path / "dataset"
     s = collect(out=str(out), base=base_dir, concept_ids=IDS, progress=False)
@@ -88,7 +88,7 @@ def test_collect_read_back_and_reproduce(ray_local, base_dir, tmp_path):
 
 @pytest.mark.ray
 def test_rejected_concepts_are_recorded(ray_local, base_dir, tmp_path, monkeypatch):
-    from cluster import collect as driver
+    from weightgen.collect import driver
 
     real_vet = driver.vet
 

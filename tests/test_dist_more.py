@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _configs import PLAIN, sets
 from test_train import make_synthetic_dataset
 from test_train_dist import REPO, RTOL, TORCHRUN, losses, torchrun
 
@@ -33,7 +34,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("straight") / "run"
-    return out, torchrun(data, out, "--zero", "1", "--max-steps", str(STEPS))
+    return out, torchrun(data, out, *sets(generator__zero_stage=1, generator__max_steps=STEPS))
 
 
 def check_run(out: Path, summary: dict, stage: int, steps: int) -> None:
@@ -54,7 +55,7 @@ def test_zero1_two_ranks(straight):
 
 def test_zero3_two_ranks(data, tmp_path):
     out = tmp_path / "run"
-    summary = torchrun(data, out, "--zero", "3", "--max-steps", "4")
+    summary = torchrun(data, out, *sets(generator__zero_stage=3, generator__max_steps=4))
     check_run(out, summary, 3, 4)
     assert all(0 < v < 10 for v in losses(out).values())  # finite, sane
 
@@ -86,8 +87,10 @@ def test_rank_killed_mid_run_resumes_from_last_complete(data, straight, tmp_path
     run = tmp_path / "run"
     cmd = [
         *TORCHRUN, str(REPO / "jobs" / "train.py"), "--data", str(data), "--out", str(run),
-        "--zero", "1", "--batch-size", "8", "--log-every", "1", "--ckpt-every", "3",
-        "--no-progress", "--max-steps", "100000",
+        "--config", PLAIN, *sets(generator__zero_stage=1, generator__batch_size=8,
+                                 generator__log_every=1, generator__ckpt_every=3,
+                                 generator__max_steps=100000),
+        "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     env["PYTHONWARNINGS"] = "ignore"
@@ -112,7 +115,9 @@ def test_rank_killed_mid_run_resumes_from_last_complete(data, straight, tmp_path
     last = complete_checkpoints(run)[-1][0]
     assert 3 <= last < STEPS, last  # else the kill came too late to test anything
 
-    resumed = torchrun(data, run, "--zero", "1", "--max-steps", str(STEPS), "--resume")
+    resumed = torchrun(
+        data, run, *sets(generator__zero_stage=1, generator__max_steps=STEPS), "--resume"
+    )
     assert resumed["resumed_from"] == last and resumed["steps"] == STEPS
     got, want = losses(run), losses(straight[0])
     assert sorted(got) == list(range(1, STEPS + 1))

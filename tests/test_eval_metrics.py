@@ -175,7 +175,7 @@ def test_log_step_quality_rewards_early_progress_and_counts_a_late_collapse():
 
 
 def test_sweep_chooses_the_best_rate_that_never_collapsed():
-    from weightgen.eval.benchmark import choose_rate
+    from weightgen.eval.sweep import choose_rate
 
     cells = {
         "0.001": {"score": 24.0, "final": 28.0, "collapsed": 0},
@@ -213,7 +213,7 @@ def test_logged_train_seconds_sums_every_resumed_segment(tmp_path):
     does not cover every step gives None (the caller then falls back to the export's summary)."""
     import json
 
-    from weightgen.eval.benchmark import logged_train_seconds
+    from weightgen.eval.cost import logged_train_seconds
 
     rows = [  # 10 steps of batch 4 per row: 40 samples at 20/s = 2 s; a resumed segment at 10/s
         {"step": 10, "samples_per_s": 20.0},
@@ -231,8 +231,8 @@ def test_logged_train_seconds_sums_every_resumed_segment(tmp_path):
 
 
 def test_bench_config_rejects_bad_settings_and_adds_refined_and_blended_only_when_asked():
+    from weightgen.config import TRAINED, BenchConfig
     from weightgen.errors import ConfigError
-    from weightgen.eval.benchmark import TRAINED, BenchConfig
 
     assert BenchConfig().methods == TRAINED
     assert BenchConfig(refine_strength=0.5).methods == (*TRAINED, "refined")
@@ -302,8 +302,9 @@ def test_select_concepts_skips_each_familys_first_k_for_a_disjoint_set():
     from collections import Counter
 
     from weightgen.concepts import concepts
+    from weightgen.config import BenchConfig
     from weightgen.errors import ConfigError
-    from weightgen.eval.benchmark import BenchConfig, select_concepts
+    from weightgen.eval.protocol import select_concepts
 
     first, second = select_concepts("heldout", 2), select_concepts("heldout", 2, skip=2)
     assert not {c.id for c in first} & {c.id for c in second}

@@ -11,13 +11,13 @@ import torch
 
 from weightgen.blocks import BlockLayout, BlockStatsAccumulator
 from weightgen.concepts.pairs import make_pairs
-from weightgen.config import GANConfig, LoRAConfig, Preset
+from weightgen.config import GANConfig, LoRAConfig, Preset, TrainConfig
 from weightgen.data import ShardWriter, WeightSample
 from weightgen.errors import WeightgenError
 from weightgen.gan import E2GANGenerator, build_concept_model, load_lora, lora_state_dict, save_base
 from weightgen.gan.base import load_base
 from weightgen.gan.train import from_model, to_model
-from weightgen.train import TrainConfig, TrainError, train_generator
+from weightgen.train import TrainError, train_generator
 from weightgen.train.data import load_train_data
 from weightgen.train.imageloss import ImageLoss, concept_of_key
 
@@ -113,8 +113,9 @@ def test_image_loss_rejects_bad_inputs(run, tmp_path):
     _, foreign, _ = _make_run(tmp_path / "f", ["mysource-s0", "other-s1"])
     with pytest.raises(TrainError, match="no sample of the data set is a catalogue concept"):
         ImageLoss(str(base_dir), load_train_data(foreign), progress=False)
-    with pytest.raises(WeightgenError, match="image_loss needs --base"):
-        TrainConfig(image_loss=1.0)
+    with pytest.raises(TrainError, match="image_loss needs the base .*--set generator.base="):
+        train_generator(ds, tmp_path / "g", TrainConfig(image_loss=1.0), progress=False)
+    assert not (tmp_path / "g").exists()  # refused before anything is written
     with pytest.raises(WeightgenError, match="image_loss must be >= 0"):
         TrainConfig(image_loss=-1.0)
 

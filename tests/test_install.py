@@ -12,9 +12,11 @@ import importlib.metadata as md
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -74,10 +76,15 @@ def test_packages_list_matches_the_tree():
         for top in ("weightgen", "cluster", "jobs")
         for p in (ROOT / top).rglob("__init__.py")
     }
+    on_disk.add("weightgen.configs")  # configs/ and kernels/ install under other names
     assert on_disk <= listed, f"packages missing from pyproject.toml: {sorted(on_disk - listed)}"
     mapped = cfg.get("package-dir", {})
     for pkg in listed:
-        folder = ROOT / mapped.get(pkg, pkg.replace(".", "/"))
+        head, rest = pkg, []  # the longest mapped prefix decides the folder
+        while head and head not in mapped:
+            head, _, last = head.rpartition(".")
+            rest.insert(0, last)
+        folder = ROOT / (mapped[head] if head else "") / "/".join(rest)
         assert folder.is_dir(), f"pyproject.toml lists {pkg} but {folder} does not exist"
 
 
@@ -212,3 +219,45 @@ def test_hub_kernels_imports_inside_a_ray_task():
     got = json.loads(line[-1][len("PROBE") :])
     assert Path(got["kernels"]).resolve().is_relative_to(Path(sysconfig.get_paths()["purelib"]))
     assert Path(got["ours"]).resolve() == ROOT / "kernels" / "block_kernels.py"
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_kernels_and_configs_under_our_names(tmp_path):
+    """A non-editable build: the kernels under weightgen_kernels, the DeepSpeed configs and recipes
+    as package data, and no top-level name but ours."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        (src / name).write_bytes((ROOT / name).read_bytes())
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "results", "*.egg-info")
+    for name in ("weightgen", "kernels", "configs", "cluster", "jobs"):
+        shutil.copytree(ROOT / name, src / name, ignore=skip)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(tmp_path / "dist"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("weightgen-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"weightgen", "weightgen_kernels", "cluster", "jobs"}
+    shipped = [f"weightgen/configs/deepspeed/zero{s}.json" for s in (1, 2, 3)]
+    shipped += ["weightgen_kernels/block_kernels.py", "weightgen_kernels/bench.py"]
+    assert set(shipped) <= names, sorted(set(shipped) - names)
+
+
+def test_a_missing_deepspeed_config_is_an_error_naming_it(monkeypatch, tmp_path):
+    from weightgen.config import TrainConfig
+    from weightgen.train import trainer
+    from weightgen.train.data import TrainError
+
+    assert json.loads(trainer.ds_config_file(2).read_text())["zero_optimization"]["stage"] == 2
+    monkeypatch.setattr(trainer.importlib.resources, "files", lambda _pkg: tmp_path)
+    with pytest.raises(TrainError, match=r"DeepSpeed config .*zero3\.json is missing"):
+        trainer.ds_config_file(3)
+    cfg = TrainConfig(zero_stage=1)
+    with pytest.raises(TrainError, match=r"zero1\.json is missing"):
+        trainer.deepspeed_config(cfg, world=1, bf16=False)

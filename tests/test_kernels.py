@@ -218,7 +218,8 @@ def test_missing_triton_falls_back_with_one_warning(monkeypatch):
     import weightgen.blocks as wb
 
     monkeypatch.setattr(wb, "_kernels", None)
-    monkeypatch.setitem(sys.modules, "weightgen_kernels.block_kernels", None)  # import raises ImportError
+    # a None entry in sys.modules makes the import raise ImportError
+    monkeypatch.setitem(sys.modules, "weightgen_kernels.block_kernels", None)
     with pytest.warns(RuntimeWarning, match="torch reference"):
         assert wb._get_kernels() is None
     with warnings.catch_warnings():

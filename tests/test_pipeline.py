@@ -6,10 +6,18 @@ import statistics
 
 import pytest
 import torch
+from _configs import PLAIN, sets
 from safetensors.torch import load_file
 
 from weightgen.cli import main
-from weightgen.config import CollectConfig, ConceptTrainConfig, GANConfig, LoRAConfig, Preset
+from weightgen.config import (
+    CollectConfig,
+    ConceptTrainConfig,
+    GANConfig,
+    LoRAConfig,
+    Preset,
+    override,
+)
 from weightgen.gan import E2GANGenerator, build_concept_model, load_lora, save_base
 
 IDS = ["tone-010", "tint-016", "blur-003", "sepia-005"]
@@ -43,10 +51,10 @@ def run(tmp_path_factory):
     argv = ["--base", str(root / "base"), "--data", str(root / "dataset")]
     assert main(["sensitivity", *argv, "--samples", "3", "--images", "2", "--probes", "2"]) == 0
     rc = main(
-        ["train", "--data", str(root / "dataset"), "--out", str(root / "generator"), "--max-steps", "8",
-         "--batch-size", "4", "--threads", "1", "--no-progress", "--ckpt-every", "4",
-         "--loss-weight", "sensitivity", "--image-loss", "5", "--image-loss-start", "5", "--log-every", "1",
-         "--base", str(root / "base")]
+        ["train", "--data", str(root / "dataset"), "--out", str(root / "generator"), "--no-progress",
+         "--config", PLAIN, *sets(generator__max_steps=8, generator__batch_size=4, generator__threads=1,
+         generator__ckpt_every=4, generator__loss_weight="sensitivity", generator__image_loss=5,
+         generator__image_loss_start=5, generator__log_every=1)]
     )  # fmt: skip
     assert rc == 0
     # the image loss (on from step 5: the 0-based step index 5 is training step 6) is logged
@@ -55,6 +63,10 @@ def run(tmp_path_factory):
     ]
     assert [("image_mse" in r) for r in rows] == [r["step"] > 5 for r in rows]
     assert all(r["image_mse"] > 0 for r in rows if "image_mse" in r)
+    # the base beside the data set was found for the image loss; the resolved recipe is saved
+    saved = json.loads((root / "generator" / "resolved-config.json").read_text())
+    assert saved["config"]["generator"]["base"] == str((root / "base").resolve())
+    assert saved["source"] == PLAIN and "generator.max_steps=8" in saved["overrides"]
     return root
 
 
@@ -130,8 +142,8 @@ def test_finetune_from_generated_and_zero(run, tmp_path, capsys):
                 init,
                 "--run",
                 str(run),
-                "--steps",
-                "5",
+                "--set",
+                "concept.steps=5",
                 "--out",
                 str(out),
             ]
@@ -146,9 +158,12 @@ def test_finetune_from_generated_and_zero(run, tmp_path, capsys):
         for i in ("generated", "blended")
     }
     assert starts["blended"] != starts["generated"]
-    rc = main(["finetune", "--concept", IDS[0], "--init", "blended", "--blend", "1",
+    rc = main(["finetune", "--concept", IDS[0], "--init", "blended", "--set", "sample.blend=1",
                "--run", str(run), "--out", str(tmp_path / "bad")])  # fmt: skip
-    _one_line_error(capsys, rc, "--blend must be in (0, 1), got 1.0")
+    _one_line_error(capsys, rc, "--init blended needs sample.blend in (0, 1), got 1.0")
+    # the fine-tune ran on the run's own recipe (saved with its base) with the --set on top
+    saved = json.loads((tmp_path / "generated" / "resolved-config.json").read_text())
+    assert saved["config"]["concept"] == {**vars(_preset().concept), "steps": 5}
 
 
 @pytest.mark.slow
@@ -201,24 +216,26 @@ def test_bad_inputs_one_line(run, tmp_path, capsys):
 
 
 def _resweep_only_the_generated_row(run, out, sweep, monkeypatch):
-    from weightgen.eval import benchmark as B
+    from weightgen.config import BenchConfig
+    from weightgen.eval import sweep as S
+    from weightgen.eval.context import BenchContext
 
     stale = json.loads(json.dumps(sweep))
     stale["keys"]["generated"]["generator"] = ["another generator"]
     stale["table"]["lora-zero"] = {"0.001": {"score": 99.0, "final": 1.0, "collapsed": 0},
                                    "0.005": {"score": 1.0, "final": 99.0, "collapsed": 0}}  # fmt: skip
     (out / "sweep.json").write_text(json.dumps(stale))
-    swept, real = [], B.run_tasks
+    swept, real = [], S.run_tasks
 
     def spy(fn, jobs, **kw):
         swept.extend(sorted(j["inits"]) for j in jobs)
         return real(fn, jobs, **kw)
 
-    monkeypatch.setattr(B, "run_tasks", spy)
-    cfg = B.BenchConfig(sweep_concepts=1, sweep_steps=3, sweep_lrs=(1e-3, 5e-3),
-                        lrs={"scratch": 0.002}, workers=1, refine_strength=0.5,
-                        blend=0.5)  # fmt: skip
-    again = B.sweep_learning_rates(B._Context(run, run / "generator"), cfg, out)
+    monkeypatch.setattr(S, "run_tasks", spy)
+    cfg = BenchConfig(sweep_concepts=1, sweep_steps=3, sweep_lrs=(1e-3, 5e-3),
+                      lrs={"scratch": 0.002}, workers=1, refine_strength=0.5,
+                      blend=0.5)  # fmt: skip
+    again = S.sweep_learning_rates(BenchContext(run, run / "generator"), cfg, out)
     assert swept and all(methods == ["generated"] for methods in swept)
     assert again["best"]["lora-zero"] == 1e-3  # the kept row decides (score 99 at 1e-3)
     assert again["table"]["generated"] == sweep["table"]["generated"]  # same seed, same runs
@@ -234,19 +251,21 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     from weightgen.eval.metrics import eval_schedule
 
     out = tmp_path / "bench"
-    argv = ["evaluate", "--generator", str(run / "generator"), "--out", str(out),
-            "--per-family", "1", "--concepts", "2", "--step0-concepts", "12",
-            "--lora-steps", "4", "--scratch-max-steps", "6", "--sweep-concepts", "1",
-            "--sweep-steps", "3", "--sweep-lrs", "1e-3", "5e-3", "--lr", "scratch=0.002",
-            "--workers", "2", "--ablate", "ddim10", "--ablate", "block128",
-            "--ablate", "empty-text", "--ablate", "refine0.5", "--refine", "0.5",
-            "--blend", "0.5", "--ablate", "blend0.5"]  # fmt: skip
+    argv = ["evaluate", "--generator", str(run / "generator"), "--out", str(out), "--config", PLAIN,
+            *sets(bench__per_family=1, bench__concepts=2, bench__step0_concepts=12,
+                  bench__lora_steps=4, bench__scratch_max_steps=6, bench__sweep_concepts=1,
+                  bench__sweep_steps=3, bench__sweep_lrs="[1e-3, 5e-3]",
+                  bench__lrs="{scratch = 0.002}", bench__workers=2, bench__refine_strength=0.5,
+                  bench__blend=0.5),
+            "--ablate", "ddim10", "--ablate", "block128", "--ablate", "empty-text",
+            "--ablate", "refine0.5", "--ablate", "blend0.5"]  # fmt: skip
     # and the plateau rule for every method: a 100 dB gain is never seen, so runs stop at the first
     # measurement with a measurement 10 steps older (step 10: step 0; the budget is 40)
     plateau = ["evaluate", "--generator", str(run / "generator"), "--out", str(tmp_path / "p"),
-               "--concepts", "1", "--step0-concepts", "1", "--lora-steps", "40",
-               "--scratch-max-steps", "40", "--sweep-concepts", "0", "--lora-until-plateau",
-               "--patience-steps", "10", "--min-gain-db", "100"]  # fmt: skip
+               "--config", PLAIN,
+               *sets(bench__concepts=1, bench__step0_concepts=1, bench__lora_steps=40,
+                     bench__scratch_max_steps=40, bench__sweep_concepts=0, bench__lora_plateau=True,
+                     bench__patience_steps=10, bench__min_gain_db=100)]  # fmt: skip
     assert main(plateau) == 0, capsys.readouterr().err
     pr = json.loads((tmp_path / "p" / "report.json").read_text())
     (only,) = pr["runs"].values()
@@ -270,7 +289,7 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     assert sweep["concepts"] and not set(sweep["concepts"]) & held
     assert rep["learning_rates"]["scratch"] == 0.002  # fixed on the command line: not swept
     assert "scratch" not in sweep["table"]
-    from weightgen.eval.benchmark import choose_rate
+    from weightgen.eval.sweep import choose_rate
 
     for m, cells in sweep["table"].items():  # every rate scored and checked for a collapse
         assert set(cells) == {"0.001", "0.005"}
@@ -339,13 +358,13 @@ def test_warm_started_generator_counts_its_initialisation(run, tmp_path):
     """train --init: the one-off cost adds the whole cost of the generator it started from (its
     run's base, collection, sensitivity and training); a gone initialisation is a clear error."""
     from weightgen.errors import WeightgenError
-    from weightgen.eval.benchmark import _cost_line, one_off_cost
+    from weightgen.eval.cost import cost_line, one_off_cost
 
     warm = tmp_path / "warm"
     rc = main(
-        ["train", "--data", str(run / "dataset"), "--out", str(warm), "--max-steps", "2",
-         "--batch-size", "4", "--threads", "1", "--no-progress", "--log-every", "1",
-         "--init", str(run / "generator")]
+        ["train", "--data", str(run / "dataset"), "--out", str(warm), "--no-progress",
+         "--config", PLAIN, *sets(generator__max_steps=2, generator__batch_size=4,
+         generator__threads=1, generator__log_every=1, generator__init_from=run / "generator")]
     )  # fmt: skip
     assert rc == 0
     meta = json.loads((warm / "generator.json").read_text())
@@ -358,7 +377,7 @@ def test_warm_started_generator_counts_its_initialisation(run, tmp_path):
     parts = ("base_s", "collection_s", "generator_s", "init_generator_s")  # uniform loss here
     assert cost["sensitivity_s"] is None and cost["generator_s_from"] == "train_log"
     assert cost["total_s"] == pytest.approx(sum(cost[k] or 0 for k in parts))
-    assert "warm start from" in _cost_line(cost)
+    assert "warm start from" in cost_line(cost)
     gone = dict(meta, train_config=dict(meta["train_config"], init_from=str(tmp_path / "gone")))
     with pytest.raises(WeightgenError, match="warm-started from .* gone"):
         one_off_cost(run, gone, warm)
@@ -417,7 +436,13 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
     for part in ("base", "dataset"):
         shutil.copytree(run / part, demo / part)
     (demo / "dataset" / "sensitivity.safetensors").unlink()
-    result = run_demo(demo, _preset(), finetune_concepts=1, train_steps=4)
+    recipe = override(
+        _preset(),
+        ["generator.max_steps=4", "generator.loss_weight=sensitivity", "generator.image_loss=5",
+         "bench.per_family=1", "bench.concepts=1", "bench.sweep_concepts=0", "bench.lora_steps=6",
+         "bench.scratch_max_steps=6"],
+    )  # fmt: skip
+    result = run_demo(demo, recipe)
     out = capsys.readouterr().out
     assert "base: reusing" in out and "dataset: reusing" in out
     assert (demo / "dataset" / "sensitivity.safetensors").is_file()

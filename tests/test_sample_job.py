@@ -56,7 +56,7 @@ def check_outputs(out: Path, generator: Path, texts=TEXTS) -> None:
 def test_one_process_writes_indexes_and_skips(generator, tmp_path, capsys):
     out = tmp_path / "loras"
     argv = ["--generator", str(generator), "--texts", str(texts_file(tmp_path)), "--out", str(out)]
-    argv += ["--batch-size", "3", "--steps", "2", "--guidance", "1.5"]
+    argv += ["--batch-size", "3", "--set", "sample.steps=2", "--set", "sample.guidance=1.5"]
     assert sample_job.main(argv) == 0
     first = json.loads(capsys.readouterr().out.split("summary: ")[1])
     assert first["written"] == len(TEXTS) and first["skipped"] == 0

@@ -93,9 +93,10 @@ def test_folder_errors_are_one_clear_line(tmp_path):
 
 def test_folder_source_collects_like_a_concept(tmp_path):
     """One real (tiny) training job through the collection task, pairs from the folder."""
-    from cluster.collect import _collect_task, _meta, _open_dataset, finalize, plan
     from weightgen.blocks import BlockLayout
-    from weightgen.collection import lora_template, run_job, vet
+    from weightgen.collect.driver import _collect_task, _meta, _open_dataset, plan
+    from weightgen.collect.finalize import finalize
+    from weightgen.collect.job import lora_template, run_job, vet
     from weightgen.config import CollectConfig, ConceptTrainConfig, GANConfig, Preset
     from weightgen.data import load_all, open_storage
     from weightgen.gan import E2GANGenerator

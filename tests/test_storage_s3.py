@@ -192,7 +192,7 @@ def test_server_crash_during_uploads_is_retried(weed_env, tmp_path, monkeypatch)
 def test_base_folder_from_s3(s3_env, tmp_path):
     import torch
 
-    from cluster.collect import _local_base
+    from weightgen.collect.driver import _local_base
     from weightgen.config import GANConfig, Preset
     from weightgen.gan import E2GANGenerator, load_base, save_base
     from weightgen.gan.base import BaseNotFoundError

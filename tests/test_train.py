@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _configs import PLAIN
 
 from weightgen.blocks import BlockLayout, BlockStatsAccumulator, reassemble_ref
+from weightgen.config import TrainConfig
 from weightgen.data import ShardWriter, WeightSample
 from weightgen.diffusion import GeneratorError, generate_lora, load_generator, sample_blocks
 from weightgen.errors import WeightgenError
 from weightgen.text import TextBatch
-from weightgen.train import TrainConfig, TrainError, complete_checkpoints, train_generator
+from weightgen.train import TrainError, complete_checkpoints, train_generator
 
 TEXT_DIM, TOKENS = 384, 16  # all-MiniLM-L6-v2's width and the encoder's default token count
 SHAPES = [
@@ -319,7 +321,7 @@ def test_generator_layout_mismatch(trained, tmp_path):
 
 
 def test_job_entry_point_reports_one_line(tmp_path, capsys):
-    from jobs.train import main
+    from weightgen.train.command import main
 
     assert (
         main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
@@ -327,7 +329,12 @@ def test_job_entry_point_reports_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     with pytest.raises(SystemExit):
-        main(["--data", "x", "--out", "y", "--zero", "4"])
+        main(["--data", "x", "--out", "y", "--zero", "4"])  # no such flag: a config field
+    assert (
+        main(["--data", "x", "--out", "y", "--config", PLAIN, "--set", "generator.zero_stage=4"])
+        == 2
+    )
+    assert "zero_stage must be 1, 2 or 3, got 4" in capsys.readouterr().err
 
 
 def test_real_text_encoder_end_to_end(trained):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _configs import PLAIN, sets
 from test_train import make_synthetic_dataset
 
 from weightgen.diffusion import load_generator
@@ -29,7 +30,8 @@ RTOL = 1e-5
 def torchrun(data: Path, out: Path, *extra: str, timeout: float = 240) -> dict:
     cmd = [
         *TORCHRUN, str(REPO / "jobs" / "train.py"), "--data", str(data), "--out", str(out),
-        "--zero", "2", "--batch-size", "8", "--log-every", "1", "--ckpt-every", "3",
+        "--config", PLAIN, *sets(generator__zero_stage=2, generator__batch_size=8,
+                                 generator__log_every=1, generator__ckpt_every=3),
         "--no-progress", *extra,
     ]  # fmt: skip
     env = {
@@ -64,19 +66,19 @@ def test_two_ranks_zero2_checkpoint_resume(tmp_path):
     make_synthetic_dataset(data)
     run = tmp_path / "run"
 
-    first = torchrun(data, run, "--max-steps", "6")
+    first = torchrun(data, run, *sets(generator__max_steps=6))
     assert first["world_size"] == 2 and first["zero_stage"] == 2 and first["steps"] == 6
     assert [s for s, _ in complete_checkpoints(run)] == [3, 6]
     ranks = sorted(p.name for p in (run / "checkpoints" / "step-0000006").glob("zero_pp_rank_*"))
     assert len(ranks) == 2  # optimizer state partitioned over both ranks
 
-    resumed = torchrun(data, run, "--max-steps", "10", "--resume")
+    resumed = torchrun(data, run, *sets(generator__max_steps=10), "--resume")
     assert resumed["resumed_from"] == 6 and resumed["steps"] == 10
     assert [s for s, _ in complete_checkpoints(run)] == [9, 10]
     got = losses(run)
     assert sorted(got) == list(range(1, 11))
 
-    straight = torchrun(data, tmp_path / "straight", "--max-steps", "10")
+    straight = torchrun(data, tmp_path / "straight", *sets(generator__max_steps=10))
     assert straight["resumed_from"] == 0
     want = losses(tmp_path / "straight")
     for step in range(1, 11):

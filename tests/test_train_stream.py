@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _configs import sets
 from test_train import cfg, log_rows, make_synthetic_dataset, one_line
 from test_train_dist import RTOL, losses, torchrun
 
@@ -184,14 +185,19 @@ def test_stream_from_s3_matches_local(dataset, tmp_path, monkeypatch):
 def test_two_ranks_stream_resume(dataset, tmp_path):
     """torchrun, 2 ranks, ZeRO-2, --stream: 6 steps then --resume to 10 == 10 straight steps."""
     # global batch 8 = 4 per rank; 32 samples per epoch = 4 steps; resumed at 6: mid-epoch 1
-    flags = ["--stream", "--epoch-samples", "32", "--num-workers", "1", "--shuffle-buffer", "8"]
+    flags = sets(
+        generator__stream=True,
+        generator__epoch_samples=32,
+        generator__num_workers=1,
+        generator__shuffle_buffer=8,
+    )
     run = tmp_path / "run"
-    first = torchrun(dataset, run, *flags, "--max-steps", "6")
+    first = torchrun(dataset, run, *flags, *sets(generator__max_steps=6))
     assert first["world_size"] == 2 and first["stream"] and first["steps"] == 6
-    resumed = torchrun(dataset, run, *flags, "--max-steps", "10", "--resume")
+    resumed = torchrun(dataset, run, *flags, *sets(generator__max_steps=10), "--resume")
     assert resumed["resumed_from"] == 6 and resumed["steps"] == 10
     straight = tmp_path / "straight"
-    torchrun(dataset, straight, *flags, "--max-steps", "10")
+    torchrun(dataset, straight, *flags, *sets(generator__max_steps=10))
     got, want = losses(run), losses(straight)
     assert sorted(got) == list(range(1, 11))
     for step in range(1, 11):

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from weightgen.paths import check_dir_writable, check_parent_writable
+
 for _k, _v in (
     ("HF_HUB_OFFLINE", "1"),
     ("TOKENIZERS_PARALLELISM", "false"),
@@ -46,7 +48,7 @@ def cmd_concepts_show(args) -> int:
     from weightgen.concepts import get_concept, save_concept_grid
 
     c = get_concept(args.id)
-    _check_parent_writable(args.out)
+    check_parent_writable(args.out)
     save_concept_grid(c, args.out, n=args.n, seed=args.seed)
     print(f"{c.id} ({c.family}): {c.text}")
     print(f"  paraphrases: {' | '.join(c.paraphrases)}")
@@ -55,16 +57,17 @@ def cmd_concepts_show(args) -> int:
 
 
 def cmd_base(args) -> int:
-    from weightgen.config import get_preset
+    from weightgen.config import load_config, save_resolved
     from weightgen.gan import build_base, is_complete
 
-    preset = get_preset(args.preset, args.set or ())
+    preset = load_config(args.config, args.set)
     out = Path(args.out) / "base"
     if is_complete(out) and not args.force:
         print(f"base already trained at {out} (use --force to retrain)")
         return 0
-    _check_dir_writable(out)
-    m = build_base(preset, out, steps=args.steps)
+    check_dir_writable(out)
+    m = build_base(preset, out)
+    save_resolved(preset, out, source=args.config, overrides=args.set)
     mean_psnr = sum(v["psnr"] for v in m["eval"].values()) / len(m["eval"])
     print(
         f"base: {m['steps']} steps in {m['seconds']:.1f} s on {len(m['concepts'])} base concepts, "
@@ -74,19 +77,22 @@ def cmd_base(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    from cluster.collect import collect
-    from weightgen.config import get_preset
+    from weightgen.collect import collect
+    from weightgen.config import load_config, only_sections
 
-    get_preset(args.preset)  # unknown preset -> clear error before anything starts
     base = Path(args.base) if args.base else Path("runs") / "demo" / "base"
+    # the base fixes the GAN and LoRA; what and how to collect is the [collect] section of the
+    # run's own recipe (saved with its base) or of --config, with --set collect.FIELD on top;
+    # the data set's config.json records the result
+    only_sections(args.set, ("collect",), "collect")
     s = collect(
         out=args.out,
         base=base,
-        limit=args.limit,
         concept_ids=args.concept,
-        seeds_per_concept=args.seeds,
         address=args.address,
         num_workers=args.workers,
+        collect_cfg=None if args.config is None else load_config(args.config).collect,
+        overrides=args.set,
     )
     _print_collect(s)
     return 0
@@ -103,81 +109,32 @@ def _print_collect(s) -> None:
 
 
 def cmd_demo(args) -> int:
-    from weightgen.config import get_preset
+    from weightgen.config import load_config, save_resolved
     from weightgen.eval.demo import run_demo
 
-    preset = get_preset(args.preset)
+    preset = load_config(args.config, args.set)
     run = Path(args.out)
-    _check_dir_writable(run)
+    check_dir_writable(run)
     (run / "config.json").write_text(json.dumps(preset.to_dict(), indent=2) + "\n")
-    run_demo(
-        run,
-        preset,
-        concepts=args.concepts,
-        workers=args.workers,
-        finetune_concepts=args.finetune,
-        train_steps=args.train_steps,
+    save_resolved(preset, run, source=args.config, overrides=args.set)
+    run_demo(run, preset, workers=args.workers)
+    return 0
+
+
+def cmd_results_pool(args) -> int:
+    from weightgen.eval.results import pool_reports
+
+    rep = pool_reports(args.reports, args.out)
+    print(
+        f"pooled {len(rep['runs'])} fine-tuned concepts from {len(args.reports)} reports -> {args.out}"
     )
     return 0
 
 
-def _parse_lrs(items: list[str] | None) -> dict[str, float]:
-    from weightgen.errors import WeightgenError
+def cmd_results_index(args) -> int:
+    from weightgen.eval.results import write_results_index
 
-    out = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise WeightgenError(f"--lr takes METHOD=RATE (e.g. scratch=0.003), got {item!r}")
-    return out
-
-
-def cmd_evaluate(args) -> int:
-    from weightgen.errors import WeightgenError
-    from weightgen.eval.ablations import check_ablations
-    from weightgen.eval.benchmark import BenchConfig, run_benchmark
-
-    if args.split != "heldout":
-        raise WeightgenError("only --split heldout is evaluated (training concepts were collected)")
-    gen = Path(args.generator).resolve()
-    run = Path(args.run).resolve() if args.run else gen.parent
-    for part in ("base", "dataset"):
-        if not (run / part).is_dir():
-            raise WeightgenError(f"no {part}/ beside the generator in {run}; pass --run RUN")
-    if not (gen / "generator.json").is_file():
-        raise WeightgenError(f"no trained generator at {gen} (expected {gen / 'generator.json'})")
-    out = Path(args.out)
-    _check_dir_writable(out)
-    cfg = BenchConfig(
-        per_family=args.per_family,
-        skip_per_family=args.skip_per_family,
-        lora_steps=args.lora_steps,
-        scratch_max_steps=args.scratch_max_steps,
-        sweep_concepts=args.sweep_concepts,
-        sweep_steps=args.sweep_steps,
-        sweep_lrs=tuple(args.sweep_lrs),
-        lrs=_parse_lrs(args.lr),
-        sample_steps=args.sample_steps,
-        refine_strength=args.refine,
-        blend=args.blend,
-        workers=args.workers,
-        finetune=not args.step0_only,
-        concepts=args.concepts,
-        step0_concepts=args.step0_concepts,
-        fid_weights=args.fid_weights,
-        patience_steps=args.patience_steps,
-        min_gain_db=args.min_gain_db,
-        lora_plateau=args.lora_until_plateau,
-    )
-    if cfg.fid_weights:
-        from weightgen.eval.fid import fid_metric
-
-        fid_metric(cfg.fid_weights)  # fail now, in one line, not after the fine-tunes
-    run_benchmark(run, out, cfg, generator=gen, ablations=check_ablations(args.ablate or []))
+    print(f"wrote {write_results_index(args.root, args.out)}")
     return 0
 
 
@@ -197,7 +154,7 @@ def cmd_sensitivity(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from jobs.train import main as train_main
+    from weightgen.train.command import main as train_main
 
     return train_main(args.train_argv)
 
@@ -221,7 +178,7 @@ def _read_texts(args) -> list[str]:
 def _check_base_fits(bundle, base_dir: Path) -> tuple[dict, object]:
     """The base's LoRA layout must be the generator's, or the sampled LoRA cannot load."""
     from weightgen.blocks import BlockLayout, LayoutMismatchError
-    from weightgen.collection import lora_template
+    from weightgen.collect.job import lora_template
     from weightgen.gan import load_base
 
     base_state, preset = load_base(base_dir)
@@ -240,50 +197,63 @@ def cmd_sample(args) -> int:
 
     from safetensors.torch import save_file
 
+    from weightgen.config import load_config
     from weightgen.diffusion import generate_lora, load_generator
 
+    sc = load_config(args.config, args.set).sample
     texts = _read_texts(args)
     bundle = load_generator(args.generator)
     base_dir = Path(args.base) if args.base else Path(args.generator).resolve().parent / "base"
     if args.base or base_dir.is_dir():
         _check_base_fits(bundle, base_dir)
     t0 = time.perf_counter()
-    loras = generate_lora(bundle, texts, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    loras = generate_lora(bundle, texts, steps=sc.steps, guidance=sc.guidance, seed=sc.seed)
     seconds = time.perf_counter() - t0
     out = Path(args.out)
     single = len(texts) == 1 and out.suffix == ".safetensors"
     if single:
-        _check_parent_writable(str(out))
+        check_parent_writable(str(out))
         paths = [out]
     else:
-        _check_dir_writable(out)
+        check_dir_writable(out)
         paths = [out / f"{i:05d}.safetensors" for i in range(len(texts))]
     for path, text, lora in zip(paths, texts, loras):
-        meta = {"text": text, "layout_hash": bundle.layout.hash, "steps": str(args.steps)}
+        meta = {"text": text, "layout_hash": bundle.layout.hash, "steps": str(sc.steps)}
         tmp = path.with_name(f".{path.name}.tmp")
         save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp), metadata=meta)
         tmp.replace(path)
     if not single:
         index = [{"file": p.name, "text": t} for p, t in zip(paths, texts)]
         (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-    print(f"sampled {len(texts)} LoRA(s) in {seconds:.2f} s ({args.steps} step(s)); wrote {out}")
+    print(f"sampled {len(texts)} LoRA(s) in {seconds:.2f} s ({sc.steps} step(s)); wrote {out}")
     return 0
 
 
 def cmd_finetune(args) -> int:
+    import dataclasses
+
     from safetensors.torch import load_file, save_file
 
     from weightgen.concepts import get_concept
+    from weightgen.config import load_config, only_sections, override, save_resolved
     from weightgen.errors import WeightgenError
     from weightgen.eval.newconcept import WeightBaselines, blend_loras, finetune
     from weightgen.gan import load_base
     from weightgen.text import get_encoder
 
     concept = get_concept(args.concept)
-    if not 0.0 < args.blend < 1.0:
-        raise WeightgenError(f"--blend must be in (0, 1), got {args.blend}")
     run = Path(args.run)
     base_state, preset = load_base(Path(args.base) if args.base else run / "base")
+    # the base fixes the GAN and LoRA; the fine-tune and sampling settings are the run's own
+    # recipe (saved with its base), or those of --config; --set changes either
+    only_sections(args.set, ("concept", "sample"), "finetune")
+    if args.config is not None:
+        recipe = load_config(args.config)
+        preset = dataclasses.replace(preset, concept=recipe.concept, sample=recipe.sample)
+    preset = override(preset, args.set)
+    blend = preset.sample.blend
+    if args.init == "blended" and not 0.0 < blend < 1.0:
+        raise WeightgenError(f"--init blended needs sample.blend in (0, 1), got {blend}")
     enc = get_encoder(preset.text_model, preset.gan.max_text_tokens)
     tb = enc.encode([concept.text])
     init, method = None, {"zero": "lora-zero"}.get(args.init, args.init)
@@ -294,16 +264,24 @@ def cmd_finetune(args) -> int:
             from weightgen.diffusion import generate_lora, load_generator
 
             bundle = load_generator(Path(args.generator) if args.generator else run / "generator")
-            init = generate_lora(bundle, [concept.text], encoder=enc)[0]
+            sc = preset.sample
+            init = generate_lora(
+                bundle,
+                [concept.text],
+                encoder=enc,
+                steps=sc.steps,
+                guidance=sc.guidance,
+                seed=sc.seed,
+            )[0]
         if args.init in ("nearest", "mean", "blended"):
             b = WeightBaselines.from_dataset(args.dataset or str(run / "dataset"))
             if args.init == "mean":
                 init = b.mean_lora
             else:
                 near = b.nearest(tb.pooled[0])[0]
-                init = near if args.init == "nearest" else blend_loras(init, near, args.blend)
+                init = near if args.init == "nearest" else blend_loras(init, near, blend)
     out = Path(args.out)
-    _check_dir_writable(out)
+    check_dir_writable(out)
     r = finetune(
         method,
         preset=preset,
@@ -312,9 +290,8 @@ def cmd_finetune(args) -> int:
         tokens=tb.tokens[0],
         mask=tb.mask[0],
         init_lora=init,
-        steps=args.steps,
-        lr=args.lr,
     )
+    save_resolved(preset, out, source=args.config or "the run's base", overrides=args.set)
     (out / "curve.json").write_text(json.dumps(r.metrics(), indent=2) + "\n")
     if r.lora is not None:
         save_file({k: v.contiguous() for k, v in r.lora.items()}, str(out / "lora.safetensors"))
@@ -330,23 +307,10 @@ def cmd_finetune(args) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _check_dir_writable(path: Path) -> None:
-    from weightgen.errors import WeightgenError
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise WeightgenError(f"cannot write to {path}: {e.strerror or e}") from None
-
-
-def _check_parent_writable(path: str) -> None:
-    _check_dir_writable(Path(path).resolve().parent)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from weightgen.config import add_config_args
+    from weightgen.eval.command import add_evaluate_parser
+
     p = argparse.ArgumentParser(
         prog="weightgen", description="Generate initial GAN weights from the text of a concept."
     )
@@ -366,46 +330,28 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(func=cmd_concepts_show)
 
     pb = sub.add_parser("base", help="pre-train the base GAN (writes OUT/base)")
-    pb.add_argument("--preset", default="tiny")
     pb.add_argument("--out", required=True, help="run folder")
-    pb.add_argument("--steps", type=int, default=None)
-    pb.add_argument(
-        "--set",
-        action="append",
-        metavar="SECTION.FIELD=VALUE",
-        help="override a preset field, e.g. gan.channels=16 (repeatable; saved with the base, "
-        "which collection, training and evaluation read)",
-    )
+    add_config_args(pb)
     pb.add_argument("--force", action="store_true")
     pb.set_defaults(func=cmd_base)
 
     pk = sub.add_parser("collect", help="train one LoRA per concept through Ray; write shards")
-    pk.add_argument("--preset", default="tiny")
+    add_config_args(pk, default=None)  # None: the run's own recipe, saved with its base
     pk.add_argument(
         "--out", required=True, help="dataset URI: folder, file://..., s3://bucket/prefix"
     )
     pk.add_argument("--base", default=None, help="base folder (default runs/demo/base)")
-    pk.add_argument("--limit", type=int, default=None, help="collect the first N training concepts")
     pk.add_argument(
         "--concept", action="append", default=None, help="collect this concept id (repeatable)"
     )
     pk.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     pk.add_argument("--workers", type=int, default=None, help="local Ray CPUs (default: all cores)")
-    pk.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        help="seeds per concept (default: the preset's); re-runs resume: finished jobs are skipped",
-    )
     pk.set_defaults(func=cmd_collect)
 
-    pd = sub.add_parser("demo", help="the whole pipeline on the tiny preset")
+    pd = sub.add_parser("demo", help="the whole pipeline on one machine (configs/demo.toml)")
     pd.add_argument("--out", default="runs/demo")
-    pd.add_argument("--preset", default="tiny")
-    pd.add_argument("--concepts", type=int, default=120, help="training concepts to collect")
-    pd.add_argument("--workers", type=int, default=None)
-    pd.add_argument("--finetune", type=int, default=6, help="held-out concepts to fine-tune")
-    pd.add_argument("--train-steps", type=int, default=None, help="generator training steps")
+    add_config_args(pd, default="demo")
+    pd.add_argument("--workers", type=int, default=None, help="local Ray CPUs for collection")
     pd.set_defaults(func=cmd_demo)
 
     pz = sub.add_parser(
@@ -422,91 +368,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser(
         "train",
-        help="train the block diffusion generator (flags: see jobs/train.py)",
+        help="train the block diffusion generator (flags: weightgen train --help)",
         add_help=False,
     )
     pt.set_defaults(func=cmd_train)
 
-    pe = sub.add_parser(
-        "evaluate", help="held-out benchmark: every method, learning-rate sweep, ablations, report"
-    )
-    pe.add_argument("--generator", required=True, help="generator folder (normally RUN/generator)")
-    pe.add_argument(
-        "--run", default=None, help="run folder with base/ and dataset/ (default: its parent)"
-    )
-    pe.add_argument("--split", default="heldout", choices=["heldout"])
-    pe.add_argument("--out", required=True, help="report folder")
-    pe.add_argument("--per-family", type=int, default=2, help="held-out concepts per family")
-    pe.add_argument(
-        "--skip-per-family",
-        type=int,
-        default=0,
-        metavar="K",
-        help="fine-tune the held-out concepts after each family's first K (a set disjoint from "
-        "--per-family K's)",
-    )
-    pe.add_argument("--lora-steps", type=int, default=300, help="steps of the base + LoRA methods")
-    pe.add_argument(
-        "--scratch-max-steps", type=int, default=2000, help="cap of scratch's run to its plateau"
-    )
-    pe.add_argument(
-        "--patience-steps", type=int, default=300, help="plateau: no --min-gain-db in this many"
-    )
-    pe.add_argument("--min-gain-db", type=float, default=0.2)
-    pe.add_argument(
-        "--lora-until-plateau",
-        action="store_true",
-        help="the base + LoRA methods stop at their plateau too (--lora-steps is their cap)",
-    )
-    pe.add_argument("--sweep-concepts", type=int, default=4, help="training concepts in the sweep")
-    pe.add_argument("--sweep-steps", type=int, default=300)
-    pe.add_argument("--sweep-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
-    pe.add_argument(
-        "--lr", action="append", metavar="METHOD=RATE", help="fix a method's rate (no sweep)"
-    )
-    pe.add_argument("--sample-steps", type=int, default=1, help="DDIM steps for `generated`")
-    pe.add_argument(
-        "--refine",
-        type=float,
-        default=None,
-        metavar="STRENGTH",
-        help="add the `refined` method: the nearest training LoRA noised to STRENGTH in (0, 1] "
-        "and denoised by the generator in one step",
-    )
-    pe.add_argument(
-        "--blend",
-        type=float,
-        default=None,
-        metavar="ALPHA",
-        help="add the `blended` method: ALPHA in (0, 1) times the generated LoRA plus 1 - ALPHA "
-        "times the nearest training LoRA, fine-tuned",
-    )
-    pe.add_argument("--workers", type=int, default=1, help="> 1: one Ray task per concept")
-    pe.add_argument(
-        "--ablate",
-        action="append",
-        metavar="NAME",
-        help="ablation row (repeatable): block128 block512 per-block ddim10 empty-text no-index "
-        "concepts50 concepts100 concepts200 ...",
-    )
-    pe.add_argument(
-        "--step0-only", action="store_true", help="no fine-tunes: step-0 table and ablations"
-    )
-    pe.add_argument("--concepts", type=int, default=None, help="cap on fine-tuned concepts")
-    pe.add_argument("--step0-concepts", type=int, default=None, help="cap on step-0 concepts")
-    pe.add_argument(
-        "--fid-weights", default=None, help="local Inception weights: adds FID (torch-fidelity)"
-    )
-    pe.set_defaults(func=cmd_evaluate)
+    add_evaluate_parser(sub)
+
+    pr = sub.add_parser("results", help="pool benchmark reports; write docs/results.md")
+    rsub = pr.add_subparsers(dest="results_command", required=True)
+    rp = rsub.add_parser("pool", help="reports of one run on disjoint concepts -> one report")
+    rp.add_argument("reports", nargs="+", help="report.json files")
+    rp.add_argument("--out", required=True, help="folder for the pooled report")
+    rp.set_defaults(func=cmd_results_pool)
+    ri = rsub.add_parser("index", help="one table per split from ROOT/*/report.json")
+    ri.add_argument("root", nargs="?", default="docs/results")
+    ri.add_argument("--out", default=None, help="markdown file (default: ROOT.md)")
+    ri.set_defaults(func=cmd_results_index)
 
     pa = sub.add_parser("sample", help="text -> LoRA .safetensors in one denoising step")
     pa.add_argument("--generator", required=True, help="generator folder (RUN/generator)")
     pa.add_argument("--text", action="append", help="concept text (repeatable: one batch)")
     pa.add_argument("--texts", help="file with one text per line")
     pa.add_argument("--out", required=True, help="FILE.safetensors (one text) or a folder")
-    pa.add_argument("--steps", type=int, default=1, help="1: single step; >1: DDIM")
-    pa.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
-    pa.add_argument("--seed", type=int, default=0)
+    add_config_args(pa)
     pa.add_argument("--base", default=None, help="base folder to check the layout against")
     pa.set_defaults(func=cmd_sample)
 
@@ -518,13 +403,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="generated",
     )
     pf.add_argument(
-        "--blend",
-        type=float,
-        default=0.5,
-        metavar="ALPHA",
-        help="--init blended: ALPHA x the generated LoRA + (1 - ALPHA) x the nearest training LoRA",
-    )
-    pf.add_argument(
         "--lora", default=None, help="start from this LoRA .safetensors (e.g. from sample)"
     )
     pf.add_argument(
@@ -533,9 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--base", default=None)
     pf.add_argument("--generator", default=None)
     pf.add_argument("--dataset", default=None)
-    pf.add_argument("--steps", type=int, default=None)
-    pf.add_argument("--lr", type=float, default=None)
     pf.add_argument("--out", required=True)
+    add_config_args(pf, default=None)  # None: the run's own recipe, saved with its base
     pf.set_defaults(func=cmd_finetune)
     return p
 
@@ -545,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if (
         argv and argv[0] == "train"
-    ):  # `weightgen train` takes the flags of jobs/train.py as they are
+    ):  # `weightgen train` takes the flags of weightgen.train.command as they are
         args = argparse.Namespace(func=cmd_train, train_argv=argv[1:], verbose=False)
     else:
         args = parser.parse_args(argv)

@@ -79,9 +79,12 @@ def deepspeed_run(data_uri: str, stage: int, nproc: int, steps: int, batch: int,
             ]
         cmd = [
             *launcher, str(REPO / "jobs" / "train.py"), "--data", data_uri, "--out", out,
-            "--zero", str(stage), "--max-steps", str(steps), "--batch-size", str(batch),
-            "--size", size, "--ckpt-every", str(10**9), "--log-every", str(steps),
-            "--threads", str(max(1, (os.cpu_count() or 1) // nproc)), "--no-progress",
+            "--config", "tiny", "--no-progress",
+            *(f"--set=generator.{k}={v}" for k, v in dict(
+                zero_stage=stage, max_steps=steps, batch_size=batch, size=size, ckpt_every=10**9,
+                log_every=steps, threads=max(1, (os.cpu_count() or 1) // nproc),
+                loss_weight="uniform", image_loss=0, paraphrases="false", text_noise=0,
+            ).items()),
         ]  # fmt: skip
         env = dict(os.environ)
         if not _cuda():

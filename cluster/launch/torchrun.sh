@@ -2,7 +2,8 @@
 # Multi-node torchrun with the c10d rendezvous: run the same command on every node.
 #
 #   NNODES=4 MASTER_ADDR=node0 cluster/launch/torchrun.sh jobs/train.py \
-#       --preset paper --size large --data s3://bucket/dataset --out /shared/runs/large --zero 3
+#       --config paper --set generator.size=large --set generator.zero_stage=3 \
+#       --data s3://bucket/dataset --out /shared/runs/large
 #   NNODES=2 MASTER_ADDR=node0 cluster/launch/torchrun.sh jobs/sample.py \
 #       --generator /shared/runs/large --texts texts.txt --out s3://bucket/loras
 #

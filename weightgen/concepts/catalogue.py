@@ -940,7 +940,7 @@ def concepts(split: str | None = None) -> list[Concept]:
 
 def interleave(items: Sequence[Concept]) -> list[Concept]:
     """Round robin over families (the first of each family, then the second, ...), so that any
-    prefix (`collect --limit N`, a data-scaling ablation) covers every family evenly."""
+    prefix (`collect --set collect.limit=N`, a data-scaling ablation) covers every family evenly."""
     by_family: dict[str, list[Concept]] = {}
     for c in items:
         by_family.setdefault(c.family, []).append(c)

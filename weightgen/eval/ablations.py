@@ -174,7 +174,8 @@ def _recut_sensitivity(st, old, new, dst: Path) -> None:
 
 def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) -> Path:
     """The generator folder of a training-time ablation, trained when not already complete."""
-    from weightgen.train import TrainConfig, train_generator
+    from weightgen.config import TrainConfig
+    from weightgen.train import train_generator
 
     spec = dict(TRAINING.get(name, {}))
     k = _CONCEPTS.fullmatch(name)
@@ -209,7 +210,7 @@ def step0_row(
     """Step-0 medians of `generated` for the context's generator, with win rates; with `refine`,
     of the nearest training LoRA refined from that strength instead; with `blend`, of
     blend * generated + (1 - blend) * nearest."""
-    from weightgen.eval.benchmark import find_nearest, step0_table
+    from weightgen.eval.context import find_nearest, step0_table
     from weightgen.eval.metrics import median
 
     texts = [c.text for c in held]

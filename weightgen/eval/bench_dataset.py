@@ -26,7 +26,7 @@ import torch
 def _collect(ids, base, out, workers):
     import ray
 
-    from cluster.collect import collect
+    from weightgen.collect import collect
 
     if ray.is_initialized():
         ray.shutdown()
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from weightgen.blocks import BlockLayout
-    from weightgen.collection import Job, run_job
+    from weightgen.collect.job import Job, run_job
     from weightgen.concepts import concepts, get_concept, make_pairs
     from weightgen.data import iter_samples, load_all
     from weightgen.gan import build_concept_model, evaluate, load_base

@@ -8,11 +8,10 @@ RUN/report/     report.json, report.md, curves.png, step0.png, speedup.png, grid
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
-
-import torch
 
 from weightgen.config import Preset
 
@@ -21,19 +20,13 @@ def _stage(i: int, n: int, msg: str) -> None:
     print(f"[{i}/{n}] {msg}", flush=True)
 
 
-def run_demo(
-    out: str | Path,
-    preset: Preset,
-    *,
-    concepts: int = 120,
-    workers: int | None = None,
-    finetune_concepts: int = 6,
-    train_steps: int | None = None,
-) -> dict:
-    from cluster.collect import collect
+def run_demo(out: str | Path, preset: Preset, *, workers: int | None = None) -> dict:
+    """Every stage of `preset` (configs/demo.toml for `make run`) into the run folder `out`;
+    `workers`: local Ray CPUs for collection (default: all cores)."""
+    from weightgen.collect import collect
     from weightgen.data import read_manifest
     from weightgen.gan import build_base, is_complete
-    from weightgen.train import train_config, train_generator
+    from weightgen.train import train_generator
 
     run = Path(out)
     t_start = time.perf_counter()
@@ -53,8 +46,9 @@ def run_demo(
             2, 4, f"dataset: reusing {dataset} ({read_manifest(str(dataset)).num_samples} samples)"
         )
     else:
-        _stage(2, 4, f"dataset: collecting {concepts} training concepts through Ray")
-        s = collect(out=str(dataset), base=base, limit=concepts, num_workers=workers)
+        n = preset.collect.limit or "every"
+        _stage(2, 4, f"dataset: collecting {n} training concepts through Ray")
+        s = collect(out=str(dataset), base=base, num_workers=workers, collect_cfg=preset.collect)
         timings["collect_s"] = s.seconds
         print(
             f"  collected {s.accepted}/{s.planned} ({len(s.rejected)} rejected) in {s.seconds:.0f} s, "
@@ -73,23 +67,15 @@ def run_demo(
         from weightgen.data.sensitivity import SENSITIVITY_FILE
         from weightgen.gan.sensitivity import dataset_sensitivity
 
-        if not (dataset / SENSITIVITY_FILE).is_file():
+        if (
+            preset.generator.loss_weight == "sensitivity"
+            and not (dataset / SENSITIVITY_FILE).is_file()
+        ):
             # the x0 loss weighs each value by how much it moves the image (TrainConfig)
             t0 = time.perf_counter()
             dataset_sensitivity(str(base), str(dataset))
             timings["sensitivity_s"] = time.perf_counter() - t0
-        # one intra-op thread on CPU: on 2 shared cores more threads fight (measured ~10x slower)
-        # the image loss (base + one-step LoRA against each concept's edit) from step 0: measured
-        # on runs/v3 at 600 steps, held-out step-0 PSNR mean / median 16.99 / 17.33 dB without it,
-        # 18.09 / 17.64 with it (at 1.55x the training time)
-        cfg = train_config(
-            "tiny",
-            max_steps=train_steps,
-            threads=None if torch.cuda.is_available() else 1,
-            loss_weight="sensitivity",
-            image_loss=5.0,
-            base=str(Path(base).resolve()),  # recorded in the config: valid from any folder
-        )
+        cfg = dataclasses.replace(preset.generator, base=str(Path(base).resolve()))
         resume = (gen_dir / "checkpoints").is_dir()
         t0 = time.perf_counter()
         summary = train_generator(str(dataset), gen_dir, cfg, resume=resume)
@@ -99,20 +85,13 @@ def run_demo(
         )
 
     _stage(4, 4, "evaluate: sample every held-out concept, fine-tune some, write the report")
-    from weightgen.eval.benchmark import BenchConfig, run_benchmark
+    from weightgen.eval.benchmark import run_benchmark
 
     t0 = time.perf_counter()
-    # the demo's short version of `weightgen evaluate`: no learning-rate sweep (every method at the
-    # preset's rate), one concept of each of the first families; the full benchmark is
-    # `weightgen evaluate --generator RUN/generator --out DIR`
-    cfg = BenchConfig(
-        per_family=1,
-        concepts=finetune_concepts,
-        sweep_concepts=0,
-        lora_steps=200,
-        scratch_max_steps=1000,
-    )
-    result = run_benchmark(run, run / "report", cfg, title="weightgen demo (tiny preset)")
+    # the recipe's [bench] section: the demo's is a short benchmark; the full one is
+    # `weightgen evaluate --generator RUN/generator --out DIR` (configs/tiny.toml)
+    title = f"weightgen demo ({preset.name} config)"
+    result = run_benchmark(run, run / "report", preset.bench, title=title)
     timings["evaluate_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     (run / "report" / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")

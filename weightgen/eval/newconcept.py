@@ -85,10 +85,9 @@ def blend_loras(
     """alpha * generated + (1 - alpha) * nearest for every LoRA tensor (A and B alike).
 
     Both share the collection's seeded A init, so their factors are aligned and the blend stays
-    near both. Measured (session 11, runs/v9): on the training concepts, the one-step generated
-    LoRA's deviations from that init are up to 6x smaller than the trained LoRAs' (attention
-    most); on held-out ones it fine-tunes slower than a trained LoRA of equal step-0 quality.
-    The blend keeps the trained scale (jobs/results/heldout-tiny-v11)."""
+    near both. The one-step generated LoRA deviates from that init up to 6x less than trained
+    LoRAs do (attention most; measured on training concepts) and fine-tunes slower than a
+    trained LoRA of equal step-0 quality; the blend keeps the trained scale (docs/results.md)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"blend weight must be in [0, 1], got {alpha}")
     if generated.keys() != nearest.keys():

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from weightgen.eval.metrics import (  # noqa: E402
+    COLLAPSE_DB,
     median,
     median_or_none,
     paired_difference,
@@ -368,3 +369,87 @@ def save_image_grid(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _sweep_cell(c: dict | float | None) -> str:
+    if c is None:
+        return "—"
+    if not isinstance(c, dict):  # a sweep.json written before the log-step score: final PSNR only
+        return f"{c:.2f}"
+    crash = f", {c['collapsed']} collapsed" if c["collapsed"] else ""
+    return f"{c['score']:.2f} / {c['final']:.2f}{crash}"
+
+
+def append_sections(md: Path, extra: dict) -> None:
+    """Sweep, one-off cost and ablation tables after the main report."""
+    lines = ["", "## Learning rates (sweep on training concepts, never held-out ones)", ""]
+    table = extra["sweep"].get("table") or {}
+    if table:
+        rates = sorted({float(r) for v in table.values() for r in v})
+        over = ", ".join(extra["sweep"].get("concepts", []))
+        scored = any(isinstance(c, dict) for v in table.values() for c in v.values())
+        lines += [
+            (
+                f"Over {over}, per rate: median PSNR over log(step) (the score) / median final "
+                f"PSNR (dB), and runs that collapsed (ended > {COLLAPSE_DB:g} dB under their "
+                "peak). The chosen rate has the best score among rates with no collapse."
+                if scored  # a report from before the log-step score: final PSNR only
+                else f"Median final PSNR (dB) over {over}:"
+            ),
+            "",
+            "| method | " + " | ".join(f"lr {r:g}" for r in rates) + " | chosen |",
+            "|---" * (len(rates) + 2) + "|",
+        ]
+        for m, v in table.items():
+            cells = [_sweep_cell(v.get(repr(r))) for r in rates]
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {extra['learning_rates'][m]:g} |")
+    else:
+        lines.append(
+            "Rates: " + ", ".join(f"{k} {v:g}" for k, v in extra["learning_rates"].items())
+        )
+    cost, pay = extra["one_off_cost"], extra["payback"]
+    lines += [
+        "",
+        "## One-off cost and payback",
+        "",
+        f"- base pre-training {cost['base_s'] or 0:.0f} s, collection {cost['collection_s']:.0f} s "
+        f"(sum of {cost['collection_concepts']} concept trainings), "
+        + (f"sensitivity {cost['sensitivity_s']:.0f} s, " if cost.get("sensitivity_s") else "")
+        + "generator "
+        f"{cost['generator_s'] or 0:.0f} s"
+        + (
+            f", the generator it was warm-started from ({cost['init_generator']}: its own base, "
+            f"collection, sensitivity and training) {cost['init_generator_s']:.0f} s"
+            if cost.get("init_generator")
+            else ""
+        )
+        + f": **{cost['total_s']:.0f} s** in all",
+    ]
+    for ref, v in pay.items():
+        per = v["seconds_saved_per_concept"]
+        lines.append(
+            f"- vs {ref}: "
+            + (
+                "no median time saved per concept, so never paid back"
+                if v["payback_concepts"] is None
+                else f"{per:.2f} s saved per new concept (median times to target), paid back "
+                f"after **{v['payback_concepts']:.0f}** new concepts"
+            )
+        )
+    rows = extra.get("ablations") or {}
+    if rows:
+        lines += [
+            "",
+            "## Ablations (generated LoRA at step 0, medians over every held-out concept)",
+            "",
+            "| ablation | PSNR step 0 | SSIM step 0 | beats nearest | beats mean | s per concept |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in rows.items():
+            lines.append(
+                f"| {name} | {r['psnr_step0']:.2f} | {r['ssim_step0']:.3f} | "
+                f"{100 * r['beats_nearest']:.0f}% | {100 * r['beats_mean']:.0f}% | "
+                f"{r['seconds_per_concept']:.4f} |"
+            )
+    with md.open("a") as f:
+        f.write("\n".join(lines) + "\n")

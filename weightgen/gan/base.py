@@ -43,7 +43,7 @@ def load_base(path: str | Path) -> tuple[dict[str, torch.Tensor], Preset]:
     path = Path(path)
     if not is_complete(path):
         raise BaseNotFoundError(
-            f"no complete base generator at {path}; run `weightgen base --preset tiny --out RUN` "
+            f"no complete base generator at {path}; run `weightgen base --out RUN` "
             f"(it writes RUN/base) or pass --base with such a folder"
         )
     arch = json.loads((path / "metrics.json").read_text()).get("arch")

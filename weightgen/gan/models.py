@@ -90,11 +90,8 @@ class E2GANGenerator(nn.Module):
         self.cfg = cfg
         c = cfg.channels
         # No normalisation at full and half resolution: a group norm there removes each image's
-        # mean colour, which colour edits must see. Output tanh(head), no residual on the input.
-        # Measured on held-out concepts, base + LoRA from zero, 300 steps at lr 1e-2 (session 3,
-        # linear residual `x + head` -> tanh): colormap-035 22.4 -> 29.2 dB, emboss-020 17.8 ->
-        # 22.5, compose-080 16.4 -> 21.4, sepia-019 28.5 -> 34.0, cartoon-023 18.5 -> 19.8; tone,
-        # vignette, tint within 1.7 dB; invert-018 / edges-015 need lr 3e-3 (19.3 / 13.1 dB).
+        # mean colour, which colour edits must see. Output tanh(head), no residual on the input
+        # (a residual `x + head` learnt colour maps, emboss and compositions markedly worse).
         self.stem = nn.Conv2d(3, c, 7, padding=3)
         self.down1 = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
         self.down2 = nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1)

@@ -1,24 +1,16 @@
-"""Generator training: DeepSpeed engine (ZeRO 1/2/3), step loop, EMA, checkpoints, export."""
+"""Generator training: DeepSpeed engine (ZeRO 1/2/3), step loop, EMA, checkpoints, export. Its
+settings are the config tree's [generator] section (weightgen.config.TrainConfig)."""
 
 from weightgen.train.checkpoint import complete_checkpoints, latest_checkpoint
 from weightgen.train.data import TrainData, TrainError, load_train_data
-from weightgen.train.trainer import (
-    TRAIN_PRESETS,
-    TrainConfig,
-    deepspeed_config,
-    train_config,
-    train_generator,
-)
+from weightgen.train.trainer import deepspeed_config, train_generator
 
 __all__ = [
-    "TRAIN_PRESETS",
-    "TrainConfig",
     "TrainData",
     "TrainError",
     "complete_checkpoints",
     "deepspeed_config",
     "latest_checkpoint",
     "load_train_data",
-    "train_config",
     "train_generator",
 ]

@@ -1,6 +1,6 @@
 """Training data for the generator: a weight-set data set in memory, normalised, sharded per rank.
 
-The data set folder (local path, file:// or s3://; see cluster/collect.py) must hold
+The data set folder (local path, file:// or s3://; see weightgen/collect/driver.py) must hold
 manifest.json, layout.json (hash equal to the manifest's layout_hash) and stats.safetensors.
 Samples are read and verified (size + sha256 of every shard) through weightgen.data, blocks
 normalised with the data set's per-block statistics through weightgen.blocks.normalize.

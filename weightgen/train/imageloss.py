@@ -31,7 +31,7 @@ class ImageLoss:
 
     `crops` collection crops are shared by every concept (their targets differ); each call uses
     `per_call` of them per concept. `pick(n, generator)` draws which samples a step trains.
-    The targets stay in memory: concepts x crops x 3 x H x W floats (runs/v3, 395 x 16 x 64^2:
+    The targets stay in memory: concepts x crops x 3 x H x W floats (395 x 16 x 3 x 64^2:
     310 MB).
     """
 

@@ -1,0 +1,142 @@
+"""Learning rates chosen on training concepts (never held-out ones): each method's rate from a sweep,
+cached per method in sweep.json under the settings it depends on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from weightgen.config import BLENDED, REFINED, BenchConfig
+from weightgen.eval.context import BenchContext
+from weightgen.eval.finetunes import concept_runs
+from weightgen.eval.metrics import COLLAPSE_DB
+from weightgen.eval.protocol import select_concepts
+from weightgen.pool import run_tasks
+
+SWEEP_CRITERION = (
+    "median log-step quality; "
+    f"rates with a collapsed run (end > {COLLAPSE_DB:g} dB under peak) last"
+)
+
+
+def choose_rate(cells: dict[str, dict]) -> float:
+    """The rate (keys: repr of a float) with the best median log-step quality among those with no
+    collapsed run; if every rate collapsed somewhere, the best score among all of them."""
+    stable = {k: v for k, v in cells.items() if not v["collapsed"]} or cells
+    return float(max(stable, key=lambda k: stable[k]["score"]))
+
+
+def sweep_keys(ctx: BenchContext, cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
+    """What each method's sweep result depends on; a cached row is reused only under its own key,
+    so a retrained generator re-sweeps `generated` alone, not the baselines."""
+    common = {
+        "run": str(Path(ctx.run).resolve()),
+        "sweep_lrs": list(cfg.sweep_lrs),
+        "sweep_concepts": cfg.sweep_concepts,
+        "sweep_steps": cfg.sweep_steps,
+        "eval_every": cfg.eval_every,
+        "seed": cfg.seed,
+        "criterion": SWEEP_CRITERION,
+    }
+    gen = {
+        # the generator's identity: a retrained one is swept again
+        "generator": [
+            ctx.bundle.meta.get("layout_hash"),
+            (ctx.bundle.meta.get("summary") or {}).get("steps"),
+            (ctx.bundle.meta.get("summary") or {}).get("final_loss"),
+        ],
+        "sample_steps": cfg.sample_steps,
+        "empty_text": cfg.empty_text,
+    }
+    refine = {**gen, "refine_strength": cfg.refine_strength}
+    own = {"generated": gen, REFINED: refine, BLENDED: {**gen, "blend": cfg.blend}}
+    return {m: {**common, **own.get(m, {})} for m in methods}
+
+
+def sweep_learning_rates(ctx: BenchContext, cfg: BenchConfig, out: Path) -> dict:
+    """Best rate per method on training concepts. Cached in out/sweep.json per method: a method
+    whose settings (`sweep_keys`) are unchanged keeps its row and is not trained again."""
+    from weightgen.eval.metrics import collapsed, log_step_quality, median, plateau_quality
+    from weightgen.eval.newconcept import blend_loras
+
+    methods = [m for m in cfg.methods if m not in cfg.lrs]
+    keys = sweep_keys(ctx, cfg, methods)
+    if not methods or cfg.sweep_concepts == 0:
+        return {"keys": keys, "best": {}, "table": {}}
+    path = out / "sweep.json"
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    table: dict[str, dict[str, Any]] = {
+        m: cached["table"][m]
+        for m in methods
+        if (cached.get("keys") or {}).get(m) == keys[m] and m in (cached.get("table") or {})
+    }
+    todo = [m for m in methods if m not in table]
+    if not todo:
+        best = {m: choose_rate(table[m]) for m in methods}
+        return {"keys": keys, "concepts": cached["concepts"], "best": best, "table": table}
+    # one training concept from each of k families spread evenly over the catalogue's order
+    # (never a held-out one), so the rates are not tuned on the colour families alone
+    first = select_concepts("train", 1)
+    k = min(cfg.sweep_concepts, len(first))
+    picks = [first[(i * len(first)) // k] for i in range(k)]
+    texts = [c.text for c in picks]
+    need_gen = "generated" in todo or BLENDED in todo
+    gen = ctx.generate(texts, cfg.sample_steps)[0] if need_gen else [None] * k
+    tb = ctx.enc.encode(texts)
+    near = [ctx.baselines.nearest(tb.pooled[i], exclude=c.id)[0] for i, c in enumerate(picks)]
+    refined = [None] * k
+    if REFINED in todo:
+        refined = ctx.generate(texts, cfg.sample_steps, near, cfg.refine_strength)[0]
+    jobs = []
+    for i, c in enumerate(picks):
+        inits = {
+            "scratch": None,
+            "lora-zero": None,
+            "generated": gen[i],
+            "nearest": near[i],
+            "mean": ctx.baselines.mean_lora,
+            REFINED: refined[i],
+            BLENDED: blend_loras(gen[i], near[i], cfg.blend) if BLENDED in todo else None,
+        }
+        for lr in cfg.sweep_lrs:
+            jobs.append(
+                dict(
+                    preset=ctx.preset,
+                    base_state=ctx.base_state,
+                    concept_id=c.id,
+                    tokens=tb.tokens[i],
+                    mask=tb.mask[i],
+                    inits={m: inits[m] for m in todo},
+                    lrs={m: lr for m in todo},
+                    # the LoRA methods run every sweep step (no plateau stop), so a collapse
+                    # late in the budget is seen
+                    cfg=dataclasses.replace(
+                        cfg,
+                        lora_steps=cfg.sweep_steps,
+                        scratch_max_steps=cfg.sweep_steps,
+                        lora_plateau=False,
+                    ),
+                    preview=0,
+                )
+            )
+    results = run_tasks(concept_runs, jobs, workers=cfg.workers, desc="lr sweep")
+    for m in todo:
+        table[m] = {}
+        for lr in cfg.sweep_lrs:
+            curves = [
+                res["runs"][m]["curve"] for res, job in zip(results, jobs) if job["lrs"][m] == lr
+            ]
+            table[m][repr(lr)] = {
+                "score": median(log_step_quality(c) for c in curves),
+                "final": median(plateau_quality(c) for c in curves),
+                "collapsed": sum(collapsed(c) for c in curves),
+            }
+    table = {m: table[m] for m in methods}  # report order
+    best = {m: choose_rate(table[m]) for m in methods}
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"keys": keys, "concepts": [c.id for c in picks], "best": best, "table": table}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
