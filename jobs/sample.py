@@ -36,18 +36,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from weightgen.config import add_config_args
+from weightgen.config import SampleConfig, add_config_args
 
-INDEX_JSON = "index.json"
-INDEX_DIR = "index"
-SUFFIX = ".safetensors"
+# the file scheme (names, metadata, index.json) is weightgen.lorafiles', shared with `weightgen sample`
+from weightgen.lorafiles import INDEX_DIR, file_name, write_index, write_loras
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,11 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def file_name(index: int, text: str) -> str:
-    """Text i -> its LoRA file name: index (7 digits) + 10 hex digits of sha256(text)."""
-    return f"{index:07d}-{hashlib.sha256(text.encode()).hexdigest()[:10]}{SUFFIX}"
-
-
 def read_texts(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
@@ -86,10 +79,6 @@ def read_texts(path: str) -> list[str]:
     if not texts:
         raise ValueError(f"texts file {path} holds no texts (give one concept text per line)")
     return texts
-
-
-def batch_seed(seed: int, first_index: int) -> int:
-    return (seed * 1_000_003 + first_index) % (2**63)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,51 +136,6 @@ def _barrier() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def write_index(storage, texts: list[str], settings: dict) -> dict:
-    """Rank 0, after every rank is done: index.json over every text whose file exists."""
-    present = set(storage.list())
-    entries = [
-        {"index": i, "text": t, "file": file_name(i, t)}
-        for i, t in enumerate(texts)
-        if file_name(i, t) in present
-    ]
-    index = {**settings, "num_texts": len(texts), "num_done": len(entries), "entries": entries}
-    storage.write_bytes(INDEX_JSON, json.dumps(index, indent=1).encode())
-    return index
-
-
-def write_loras(
-    bundle,
-    storage,
-    items: list[tuple[int, str]],
-    settings: dict,
-    *,
-    steps,
-    guidance,
-    seed,
-    batch_size,
-) -> list[dict]:
-    """Sample and write the LoRA of every (index, text) in `items`, `batch_size` texts a pass;
-    returns the index rows of the files written."""
-    from safetensors.torch import save as st_save
-
-    from weightgen.diffusion import generate_lora
-
-    rows = []
-    for b in range(0, len(items), batch_size):
-        batch = items[b : b + batch_size]
-        bseed = batch_seed(seed, batch[0][0])
-        loras = generate_lora(
-            bundle, [t for _, t in batch], steps=steps, guidance=guidance, seed=bseed
-        )
-        for (i, text), sd in zip(batch, loras):
-            meta = {**{k: str(v) for k, v in settings.items()}, "text": text}
-            meta.update(index=str(i), batch_seed=str(bseed))
-            storage.write_bytes(file_name(i, text), st_save(sd, metadata=meta))
-            rows.append({"index": i, "text": text, "file": file_name(i, text), "batch_seed": bseed})
-    return rows
-
-
 def _settings(args, bundle) -> dict:
     return {
         "generator": str(args.generator),
@@ -233,9 +177,10 @@ def run(args) -> dict:
     mine = list(range(rank, len(texts), world))  # round-robin over ranks
     todo = [i for i in mine if file_name(i, texts[i]) not in done]
     t0 = time.perf_counter()
+    sample = SampleConfig(steps=args.steps, guidance=args.guidance, seed=args.seed)
     rows = write_loras(
-        bundle, storage, [(i, texts[i]) for i in todo], settings, steps=args.steps,
-        guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+        storage, [(i, texts[i]) for i in todo], settings, sample=sample,
+        batch_size=args.batch_size, bundle=bundle,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     part = "".join(json.dumps(r) + "\n" for r in rows)
@@ -298,10 +243,10 @@ def sample_chunk(
         bundle = load_generator(tmp, device=device)
     storage = open_storage(out)
     t1 = time.perf_counter()
+    sample = SampleConfig(steps=opts["steps"], guidance=opts["guidance"], seed=opts["seed"])
     rows = write_loras(
-        bundle, storage, items, settings, steps=opts["steps"], guidance=opts["guidance"],
-        seed=opts["seed"], batch_size=opts["batch_size"],
-    )  # fmt: skip
+        storage, items, settings, sample=sample, batch_size=opts["batch_size"], bundle=bundle
+    )
     part = "".join(json.dumps(r) + "\n" for r in rows)
     storage.write_bytes(f"{INDEX_DIR}/task-{task:05d}.jsonl", part.encode())
     t2 = time.perf_counter()

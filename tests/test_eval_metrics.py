@@ -278,7 +278,7 @@ def test_ablation_names_are_checked_and_refine_takes_a_strength():
 def test_blend_loras_is_the_weighted_mean_of_aligned_loras_and_checks_its_inputs():
     import torch
 
-    from weightgen.eval.newconcept import blend_loras
+    from weightgen.initial import blend_loras
 
     g = torch.Generator().manual_seed(0)
     a = {

@@ -7,8 +7,10 @@ import statistics
 import pytest
 import torch
 from _configs import PLAIN, sets
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+from weightgen import lorafiles
 from weightgen.cli import main
 from weightgen.config import (
     CollectConfig,
@@ -92,7 +94,7 @@ def test_sample_loads_into_the_base(run, tmp_path, capsys):
             str(out),
         ]
     )
-    assert rc == 0 and "sampled 1 LoRA" in capsys.readouterr().out
+    assert rc == 0 and "generated: 1 LoRA(s)" in capsys.readouterr().out
     lora = load_file(str(out))
     state = load_file(str(run / "base" / "generator.safetensors"))
     g = build_concept_model("lora", _preset().gan, _preset().lora, state)
@@ -123,9 +125,35 @@ def test_sample_batch_writes_index(run, tmp_path, capsys):
     )
     assert rc == 0
     index = json.loads((out / "index.json").read_text())
-    assert [e["text"] for e in index] == ["blur it", "make it sepia", "turn it into a teal duotone"]
-    a, b = (load_file(str(out / e["file"])) for e in index[:2])
+    entries = index["entries"]
+    assert [e["text"] for e in entries] == [
+        "blur it",
+        "make it sepia",
+        "turn it into a teal duotone",
+    ]
+    assert [e["file"] for e in entries] == [
+        lorafiles.file_name(i, e["text"]) for i, e in enumerate(entries)
+    ]
+    assert index["init"] == "generated" and index["steps"] == 1  # jobs/sample.py's scheme
+    a, b = (load_file(str(out / e["file"])) for e in entries[:2])
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # text matters
+    # retrieval from the training LoRAs beside the generator, and the blend of both
+    from weightgen.initial import WeightBaselines, blend_loras
+    from weightgen.text import get_encoder
+
+    b = WeightBaselines.from_dataset(str(run / "dataset"))
+    near, cid, _ = b.nearest(get_encoder().encode(["blur it"]).pooled[0])
+    for init in ("nearest", "blended"):
+        rc = main(["sample", "--generator", str(run / "generator"), "--text", "blur it",
+                   "--init", init, "--out", str(tmp_path / f"{init}.safetensors")])  # fmt: skip
+        assert rc == 0, capsys.readouterr().err
+    got = load_file(str(tmp_path / "nearest.safetensors"))
+    assert all(torch.equal(got[k], near[k]) for k in near)
+    with safe_open(str(tmp_path / "nearest.safetensors"), "pt") as f:
+        assert f.metadata()["nearest"] == cid and f.metadata()["init"] == "nearest"
+    blended = load_file(str(tmp_path / "blended.safetensors"))
+    want = blend_loras(a, near, 0.5)  # `a` is "blur it"'s generated LoRA (sample.seed 0, 1 step)
+    assert all(torch.allclose(blended[k], want[k], atol=1e-5) for k in want)
 
 
 @pytest.mark.slow

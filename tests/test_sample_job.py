@@ -12,6 +12,7 @@ import pytest
 from safetensors import safe_open
 from test_train import cfg, make_synthetic_dataset
 
+from weightgen import lorafiles
 from weightgen.diffusion import load_generator
 from weightgen.train import train_generator
 
@@ -46,7 +47,7 @@ def check_outputs(out: Path, generator: Path, texts=TEXTS) -> None:
     layout = load_generator(generator).layout
     for e in index["entries"]:
         assert e["text"] == texts[e["index"]]
-        assert e["file"] == sample_job.file_name(e["index"], e["text"])
+        assert e["file"] == lorafiles.file_name(e["index"], e["text"])
         with safe_open(str(out / e["file"]), "pt") as f:
             assert f.metadata()["text"] == e["text"]
             assert sorted(f.keys()) == sorted(layout.names)
@@ -62,15 +63,15 @@ def test_one_process_writes_indexes_and_skips(generator, tmp_path, capsys):
     assert first["written"] == len(TEXTS) and first["skipped"] == 0
     check_outputs(out, generator)
     rows = [json.loads(ln) for ln in (out / "index" / "rank-00000.jsonl").read_text().splitlines()]
-    assert [r["batch_seed"] for r in rows[:3]] == [sample_job.batch_seed(0, 0)] * 3
+    assert [r["batch_seed"] for r in rows[:3]] == [lorafiles.batch_seed(0, 0)] * 3
 
-    victim = out / sample_job.file_name(4, TEXTS[4])
-    mtime = (out / sample_job.file_name(0, TEXTS[0])).stat().st_mtime_ns
+    victim = out / lorafiles.file_name(4, TEXTS[4])
+    mtime = (out / lorafiles.file_name(0, TEXTS[0])).stat().st_mtime_ns
     victim.unlink()
     assert sample_job.main(argv) == 0
     again = json.loads(capsys.readouterr().out.split("summary: ")[1])
     assert again["written"] == 1 and again["skipped"] == len(TEXTS) - 1
-    assert (out / sample_job.file_name(0, TEXTS[0])).stat().st_mtime_ns == mtime  # untouched
+    assert (out / lorafiles.file_name(0, TEXTS[0])).stat().st_mtime_ns == mtime  # untouched
     check_outputs(out, generator)
 
 
@@ -214,10 +215,10 @@ def test_ray_tasks_write_indexes_and_skip(generator, tmp_path, capsys):
     seen = [json.loads(ln)["index"] for p in parts for ln in p.read_text().splitlines()]
     assert sorted(seen) == list(range(len(TEXTS)))
     for i, t in enumerate(TEXTS):  # chunks of 3 = batches of 3: the one-process batches
-        a, b = (load_file(str(d / sample_job.file_name(i, t))) for d in (out, ref))
+        a, b = (load_file(str(d / lorafiles.file_name(i, t))) for d in (out, ref))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    victim = out / sample_job.file_name(5, TEXTS[5])
+    victim = out / lorafiles.file_name(5, TEXTS[5])
     victim.unlink()
     assert sample_job.main(argv) == 0
     again = _ray_summary(capsys)

@@ -197,8 +197,11 @@ def cmd_sample(args) -> int:
 
     from safetensors.torch import save_file
 
-    from weightgen.config import load_config
-    from weightgen.diffusion import generate_lora, load_generator
+    from weightgen.config import load_config, save_resolved
+    from weightgen.data import open_storage
+    from weightgen.diffusion import load_generator
+    from weightgen.initial import WeightBaselines
+    from weightgen.lorafiles import sample_settings, write_index, write_loras
 
     sc = load_config(args.config, args.set).sample
     texts = _read_texts(args)
@@ -206,26 +209,35 @@ def cmd_sample(args) -> int:
     base_dir = Path(args.base) if args.base else Path(args.generator).resolve().parent / "base"
     if args.base or base_dir.is_dir():
         _check_base_fits(bundle, base_dir)
-    t0 = time.perf_counter()
-    loras = generate_lora(bundle, texts, steps=sc.steps, guidance=sc.guidance, seed=sc.seed)
-    seconds = time.perf_counter() - t0
+    baselines = None
+    if args.init != "generated":  # retrieval: the training LoRAs beside the generator
+        data = args.dataset or str(Path(args.generator).resolve().parent / "dataset")
+        baselines = WeightBaselines.from_dataset(data)
+    settings = sample_settings(str(args.generator), bundle.layout.hash, sc, args.init)
     out = Path(args.out)
-    single = len(texts) == 1 and out.suffix == ".safetensors"
-    if single:
+    t0 = time.perf_counter()
+    if len(texts) == 1 and out.suffix == ".safetensors":
+        from weightgen.initial import initial_loras
+
         check_parent_writable(str(out))
-        paths = [out]
-    else:
-        check_dir_writable(out)
-        paths = [out / f"{i:05d}.safetensors" for i in range(len(texts))]
-    for path, text, lora in zip(paths, texts, loras):
-        meta = {"text": text, "layout_hash": bundle.layout.hash, "steps": str(sc.steps)}
-        tmp = path.with_name(f".{path.name}.tmp")
+        (lora,), (info,) = initial_loras(
+            args.init, texts, sample=sc, bundle=bundle, baselines=baselines
+        )
+        meta = {**{k: str(v) for k, v in {**settings, **info}.items()}, "text": texts[0]}
+        tmp = out.with_name(f".{out.name}.tmp")
         save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
-    if not single:
-        index = [{"file": p.name, "text": t} for p, t in zip(paths, texts)]
-        (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-    print(f"sampled {len(texts)} LoRA(s) in {seconds:.2f} s ({sc.steps} step(s)); wrote {out}")
+        tmp.replace(out)
+    else:  # a folder: weightgen.lorafiles' scheme, as jobs/sample.py writes it
+        check_dir_writable(out)
+        storage = open_storage(str(out))
+        items = list(enumerate(texts))
+        write_loras(storage, items, settings, sample=sc, batch_size=64, init=args.init,
+                    bundle=bundle, baselines=baselines)  # fmt: skip
+        write_index(storage, texts, settings)
+        save_resolved(load_config(args.config, args.set), out, source=args.config,
+                      overrides=args.set)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    print(f"{args.init}: {len(texts)} LoRA(s) in {seconds:.2f} s ({sc.steps} step(s)); wrote {out}")
     return 0
 
 
@@ -237,8 +249,9 @@ def cmd_finetune(args) -> int:
     from weightgen.concepts import get_concept
     from weightgen.config import load_config, only_sections, override, save_resolved
     from weightgen.errors import WeightgenError
-    from weightgen.eval.newconcept import WeightBaselines, blend_loras, finetune
+    from weightgen.eval.newconcept import finetune
     from weightgen.gan import load_base
+    from weightgen.initial import INITS, WeightBaselines, initial_loras
     from weightgen.text import get_encoder
 
     concept = get_concept(args.concept)
@@ -259,27 +272,18 @@ def cmd_finetune(args) -> int:
     init, method = None, {"zero": "lora-zero"}.get(args.init, args.init)
     if args.lora:
         init, method = load_file(args.lora), "generated"
-    else:
+    elif args.init in INITS:
+        bundle = baselines = None
         if args.init in ("generated", "blended"):
-            from weightgen.diffusion import generate_lora, load_generator
+            from weightgen.diffusion import load_generator
 
             bundle = load_generator(Path(args.generator) if args.generator else run / "generator")
-            sc = preset.sample
-            init = generate_lora(
-                bundle,
-                [concept.text],
-                encoder=enc,
-                steps=sc.steps,
-                guidance=sc.guidance,
-                seed=sc.seed,
-            )[0]
-        if args.init in ("nearest", "mean", "blended"):
-            b = WeightBaselines.from_dataset(args.dataset or str(run / "dataset"))
-            if args.init == "mean":
-                init = b.mean_lora
-            else:
-                near = b.nearest(tb.pooled[0])[0]
-                init = near if args.init == "nearest" else blend_loras(init, near, blend)
+        if args.init != "generated":
+            baselines = WeightBaselines.from_dataset(args.dataset or str(run / "dataset"))
+        (init,), _ = initial_loras(
+            args.init, [concept.text], sample=preset.sample, bundle=bundle,
+            baselines=baselines, encoder=enc,
+        )  # fmt: skip
     out = Path(args.out)
     check_dir_writable(out)
     r = finetune(
@@ -386,12 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     ri.add_argument("--out", default=None, help="markdown file (default: ROOT.md)")
     ri.set_defaults(func=cmd_results_index)
 
-    pa = sub.add_parser("sample", help="text -> LoRA .safetensors in one denoising step")
+    pa = sub.add_parser("sample", help="text -> a new concept's initial LoRA (.safetensors)")
     pa.add_argument("--generator", required=True, help="generator folder (RUN/generator)")
     pa.add_argument("--text", action="append", help="concept text (repeatable: one batch)")
     pa.add_argument("--texts", help="file with one text per line")
     pa.add_argument("--out", required=True, help="FILE.safetensors (one text) or a folder")
     add_config_args(pa)
+    pa.add_argument(
+        "--init",
+        choices=["generated", "nearest", "mean", "blended"],
+        default="generated",
+        help="generated (the generator's sample), nearest / mean (retrieval from the training "
+        "LoRAs), blended (sample.blend x generated + the rest nearest)",
+    )
+    pa.add_argument("--dataset", default=None, help="training data set for retrieval (default: "
+                    "RUN/dataset beside the generator)")  # fmt: skip
     pa.add_argument("--base", default=None, help="base folder to check the layout against")
     pa.set_defaults(func=cmd_sample)
 

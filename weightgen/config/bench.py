@@ -13,7 +13,7 @@ TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean")
 # opt-in (BenchConfig.refine_strength): the nearest training LoRA refined by one denoising step of
 # the generator from noise level `refine_strength` (SDEdit), so retrieval and generation combine
 REFINED = "refined"
-# opt-in (BenchConfig.blend): blend * generated + (1 - blend) * nearest (newconcept.blend_loras), the
+# opt-in (BenchConfig.blend): blend * generated + (1 - blend) * nearest (weightgen.initial.blend_loras), the
 # generator's guess kept at a trained LoRA's scale
 BLENDED = "blended"
 

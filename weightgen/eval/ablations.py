@@ -221,7 +221,7 @@ def step0_row(
     else:
         gen, per_s = ctx.generate(texts, sample_steps, [near[c.id]["lora"] for c in held], refine)
     if blend is not None:
-        from weightgen.eval.newconcept import blend_loras
+        from weightgen.initial import blend_loras
 
         gen = [blend_loras(gen[i], near[c.id]["lora"], blend) for i, c in enumerate(held)]
     table = step0_table(ctx, held, gen, tb, near)

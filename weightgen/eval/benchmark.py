@@ -1,20 +1,6 @@
-"""The held-out benchmark (`weightgen evaluate`): every initialisation of a new concept, trained on
-the same images, seeds and evaluation schedule, with learning rates chosen on training concepts.
-
-Protocol (weightgen.eval.protocol; the report contract in docs/design.md):
-  1. step 0: base, generated (one DDIM step), nearest and mean training LoRA on every held-out concept
-     (and `refined` / `blended` when asked: BenchConfig.refine_strength / blend);
-  2. learning-rate sweep on training concepts only (never held-out ones): each method's rate is the
-     one with the best median quality over log(step) (`metrics.log_step_quality`: early progress,
-     as time to target measures, and the end) over the sweep concepts, among the rates whose runs
-     never collapse (end > 3 dB under their peak); for `nearest` the concept's own LoRA is
-     excluded from the pool (it would be its own nearest neighbour);
-  3. fine-tunes on `per_family` held-out concepts of every family: scratch (pix2pix U-Net) until its
-     PSNR plateaus, every base + LoRA method for `lora_steps` steps; one task per concept, in-process
-     or as Ray tasks (`jobs/evaluate.py`);
-  4. report: final quality = median of the last three measurements; target = scratch's final
-     quality; time to target = training wall time (plus sampling for `generated`) at the first
-     measurement at or above it.
+"""The held-out benchmark (`weightgen evaluate`): its run (`run_benchmark`: step 0, the sweep, the
+fine-tunes, the report and ablation rows) and `render_report`. The protocol and what each step
+measures: weightgen.eval.protocol; the report contract: docs/design.md.
 """
 
 from __future__ import annotations
@@ -54,8 +40,8 @@ def run_benchmark(
     title: str = "weightgen held-out benchmark (tiny preset)",
 ) -> dict:
     from weightgen.concepts import concepts as list_concepts
-    from weightgen.eval.newconcept import blend_loras
     from weightgen.eval.report import save_image_grid, summarise, write_report
+    from weightgen.initial import blend_loras
 
     cfg = cfg or BenchConfig()
     run, out = Path(run), Path(out)

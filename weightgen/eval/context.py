@@ -15,8 +15,8 @@ class BenchContext:
 
     def __init__(self, run: Path, generator: Path | None = None, empty_text: bool = False):
         from weightgen.diffusion import load_generator
-        from weightgen.eval.newconcept import WeightBaselines
         from weightgen.gan import load_base
+        from weightgen.initial import WeightBaselines
         from weightgen.text import get_encoder
 
         self.run = run

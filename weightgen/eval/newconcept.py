@@ -15,14 +15,8 @@ Training pairs come from collection photos, evaluation pairs from evaluation pho
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
 
-import numpy as np
-import torch
-
-from weightgen.blocks import BlockLayout, BlockStats
 from weightgen.concepts import Concept, make_pairs
 from weightgen.config import Preset
 from weightgen.gan import train_concept
@@ -31,70 +25,6 @@ from weightgen.gan import train_concept
 FINETUNE_METHODS = ("scratch", "lora-zero", "generated", "nearest", "mean", "refined", "blended")
 EVAL_SEED = 0
 TRAIN_SEED = 0
-
-
-@dataclass
-class WeightBaselines:
-    """The honest weight-space baselines from the training dataset."""
-
-    layout: BlockLayout
-    mean_lora: dict[str, torch.Tensor]
-    texts: np.ndarray  # (M, D) pooled, L2-normalised text embeddings of the training samples
-    blocks: np.ndarray  # (M, N, S)
-    concept_ids: list[str]
-
-    @classmethod
-    def from_dataset(cls, uri: str) -> WeightBaselines:
-        from weightgen.data import load_all, open_storage
-
-        st = open_storage(uri)
-        layout = BlockLayout.from_dict(json.loads(st.read_bytes("layout.json")))
-        keys, blocks, texts, metas = load_all(uri, expected_layout_hash=layout.hash)
-        import tempfile
-        from pathlib import Path
-
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "stats.safetensors"
-            p.write_bytes(st.read_bytes("stats.safetensors"))
-            stats = BlockStats.load(p, expected_layout_hash=layout.hash)
-        # per-element stats: the mean of the data set's blocks is exactly the mean LoRA
-        mean_lora = layout.from_blocks(stats.mean)
-        return cls(layout, mean_lora, texts, blocks, [m["concept_id"] for m in metas])
-
-    def nearest(
-        self, pooled: torch.Tensor, exclude: str | None = None
-    ) -> tuple[dict[str, torch.Tensor], str, float]:
-        """(LoRA, concept id, cosine similarity) of the training sample with the closest text;
-        `exclude` leaves one concept out (a training concept is its own nearest neighbour)."""
-        sims = self.texts @ pooled.numpy().astype(np.float32)
-        if exclude is not None:
-            sims = np.where(np.asarray(self.concept_ids) == exclude, -np.inf, sims)
-            if not np.isfinite(sims).any():
-                raise ValueError(f"no training sample left once {exclude!r} is excluded")
-        i = int(np.argmax(sims))
-        return (
-            self.layout.from_blocks(torch.from_numpy(self.blocks[i])),
-            self.concept_ids[i],
-            float(sims[i]),
-        )
-
-
-def blend_loras(
-    generated: dict[str, torch.Tensor], nearest: dict[str, torch.Tensor], alpha: float
-) -> dict[str, torch.Tensor]:
-    """alpha * generated + (1 - alpha) * nearest for every LoRA tensor (A and B alike).
-
-    Both share the collection's seeded A init, so their factors are aligned and the blend stays
-    near both. The one-step generated LoRA deviates from that init up to 6x less than trained
-    LoRAs do (attention most; measured on training concepts) and fine-tunes slower than a
-    trained LoRA of equal step-0 quality; the blend keeps the trained scale (docs/results.md)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"blend weight must be in [0, 1], got {alpha}")
-    if generated.keys() != nearest.keys():
-        raise ValueError(
-            f"LoRAs to blend differ in tensors: {sorted(set(generated) ^ set(nearest))}"
-        )
-    return {k: alpha * generated[k] + (1.0 - alpha) * nearest[k] for k in generated}
 
 
 def eval_pairs(concept: Concept, preset: Preset, n: int | None = None):

@@ -60,7 +60,7 @@ def sweep_learning_rates(ctx: BenchContext, cfg: BenchConfig, out: Path) -> dict
     """Best rate per method on training concepts. Cached in out/sweep.json per method: a method
     whose settings (`sweep_keys`) are unchanged keeps its row and is not trained again."""
     from weightgen.eval.metrics import collapsed, log_step_quality, median, plateau_quality
-    from weightgen.eval.newconcept import blend_loras
+    from weightgen.initial import blend_loras
 
     methods = [m for m in cfg.methods if m not in cfg.lrs]
     keys = sweep_keys(ctx, cfg, methods)
