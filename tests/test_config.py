@@ -33,7 +33,7 @@ def test_shipped_recipes_load_and_hold_the_measured_chain():
     assert g.text_noise == 0.5 and g.paraphrases and tiny.bench.blend == tiny.sample.blend == 0.5
     # demo extends tiny: its own cuts, the rest inherited
     assert demo.name == "demo" and demo.gan == tiny.gan and demo.generator.text_noise == 0.5
-    assert (demo.collect.limit, demo.generator.max_steps, demo.bench.concepts) == (60, 400, 4)
+    assert (demo.collect.limit, demo.generator.max_steps, demo.bench.concepts) == (40, 400, 4)
     assert paper.gan.image_size == 256 and paper.generator.zero_stage == 2
     for p in (tiny, demo, paper):  # every section typed, and a saved copy reads back the same
         assert all(isinstance(getattr(p, k), kind) for k, kind in SECTIONS.items())
