@@ -203,7 +203,8 @@ def cmd_sample(args) -> int:
     from weightgen.initial import WeightBaselines
     from weightgen.lorafiles import sample_settings, write_index, write_loras
 
-    sc = load_config(args.config, args.set).sample
+    recipe = load_config(args.config, args.set)
+    sc = recipe.sample
     texts = _read_texts(args)
     bundle = load_generator(args.generator)
     base_dir = Path(args.base) if args.base else Path(args.generator).resolve().parent / "base"
@@ -234,8 +235,7 @@ def cmd_sample(args) -> int:
         write_loras(storage, items, settings, sample=sc, batch_size=64, init=args.init,
                     bundle=bundle, baselines=baselines)  # fmt: skip
         write_index(storage, texts, settings)
-        save_resolved(load_config(args.config, args.set), out, source=args.config,
-                      overrides=args.set)  # fmt: skip
+        save_resolved(recipe, out, source=args.config, overrides=args.set)
     seconds = time.perf_counter() - t0
     print(f"{args.init}: {len(texts)} LoRA(s) in {seconds:.2f} s ({sc.steps} step(s)); wrote {out}")
     return 0

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = load_config(args.config, args.set)
         cfg = preset.generator
-        if cfg.image_loss > 0 and cfg.base is None and _local_base(args.data):
-            cfg.base = _local_base(args.data)
+        if cfg.image_loss > 0 and cfg.base is None:
+            cfg.base = _local_base(args.data)  # None when there is none: train_generator says so
         summary = train_generator(
             args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress
         )
