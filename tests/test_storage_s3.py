@@ -138,19 +138,70 @@ def test_multipart_upload_and_atomic_publish(weed_env, tmp_path):
     assert head["ContentLength"] == 11 * MIB and head["ETag"].strip('"').endswith("-3")
     assert st.read_bytes("shard-000000.tar") == big
     assert st.read_bytes("shard-000001.tar") == big[: 6 * MIB]
-    # only final keys remain: every temporary key was deleted after its copy
+    # each object written once, under its own key: no other key, no unfinished upload
     raw = st._client.list_objects_v2(Bucket="wg-multipart", Prefix="ds/")["Contents"]
     assert sorted(o["Key"] for o in raw) == [
         "ds/shard-000000.tar",
         "ds/shard-000001.tar",
         "ds/small.json",
     ]
+    assert not st._client.list_multipart_uploads(Bucket="wg-multipart").get("Uploads")
 
 
-def test_server_crash_during_uploads_is_retried(weed_env, tmp_path, monkeypatch):
+def test_restart_outlasting_botocore_is_retried_by_storage(weed_env, monkeypatch):
+    """botocore's retries are counted in attempts (3 by default in its standard mode, jitter from
+    50 ms): a server down for 2 s outlasts them. S3Storage's own loop then carries the write."""
+    import threading
+    import time
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    st = S3Storage("wg-outlast", "ds", retry_seconds=60)
+    st.check_writable()
+    bare = S3Storage("wg-outlast", "ds", retry_seconds=0)  # botocore's retries alone
+    weed_env.stop()
+    restart = threading.Thread(target=lambda: (time.sleep(2.0), weed_env.start()))
+    try:
+        with pytest.raises(StorageError, match="unreachable") as info:
+            bare.write_bytes("k", b"x")
+        assert "\n" not in str(info.value) and bare.botocore_retries == 3
+        restart.start()
+        st.write_bytes("k", b"carried")
+    finally:
+        if restart.is_alive() or restart.ident is not None:
+            restart.join(90)
+        if weed_env.proc is None:
+            weed_env.start()
+    assert st.retries > 0 and st.botocore_retries >= 3
+    assert st.read_bytes("k") == b"carried" and st.list() == ["k"]
+
+
+def test_body_cut_mid_read_is_retried(weed_env, monkeypatch):
+    """botocore retries a request, not a response body already streaming: a GET cut off after
+    64 KiB fails through botocore alone; read_bytes (s3transfer's download) fetches it again."""
+    from _s3 import CuttingProxy
+    from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+
+    data = np.random.default_rng(2).integers(0, 256, 1 * MIB, dtype=np.uint8).tobytes()
+    S3Storage("wg-cut").check_writable()
+    S3Storage("wg-cut").write_bytes("big.bin", data)
+    proxy = CuttingProxy(("127.0.0.1", weed_env.ports["s3"][0]))
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        st = S3Storage("wg-cut")
+        proxy.cut(1, after=64 * 1024)
+        body = st._client.get_object(Bucket="wg-cut", Key="big.bin")["Body"]
+        with pytest.raises((ResponseStreamingError, IncompleteReadError)):
+            body.read()
+        proxy.cut(1, after=64 * 1024)
+        assert st.read_bytes("big.bin") == data
+        assert proxy.cuts == 2 and st.retries == 0  # s3transfer fetched it again, not our loop
+    finally:
+        proxy.close()
+
+
+def test_server_crash_during_uploads_is_retried(weed_env, tmp_path):
     import threading
 
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore gives up fast: our loop must carry it
     st = S3Storage("wg-restart", "ds", multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
     st.check_writable()
     rng = np.random.default_rng(1)
@@ -183,8 +234,9 @@ def test_server_crash_during_uploads_is_retried(weed_env, tmp_path, monkeypatch)
     weed_env.restart(down_s=1.5)
     t.join(120)
     assert not t.is_alive() and not errors, errors
-    assert st.retries > 0  # the crash was seen and retried
+    assert st.retries + st.botocore_retries > 0  # the crash was seen and retried
     assert st.list() == sorted(payloads)  # nothing lost, nothing twice
+    assert not st._client.list_multipart_uploads(Bucket="wg-restart").get("Uploads")
     for key, data in payloads.items():
         assert st.read_bytes(key) == data
 

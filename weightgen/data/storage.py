@@ -1,8 +1,9 @@
 """Storage roots addressed by URI: a plain path or ``file://...`` (local) and ``s3://bucket/prefix``.
 
 The one module that touches storage. Keys are '/'-separated paths relative to the root. Writes are
-atomic: a temporary name (basename containing ``.wgtmp-``) that ``list`` never shows, then the final
-name. boto3 is imported only when an ``s3://`` URI is opened; its endpoint comes from the standard
+atomic: a reader sees the whole object or none. Locally through a temporary name (basename
+containing ``.wgtmp-``, never listed) renamed onto the final one; on S3 because a PUT, and a
+multipart upload at its completion, publishes the whole object at once. boto3 is imported only when an ``s3://`` URI is opened; its endpoint comes from the standard
 ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` variables, which botocore reads itself.
 """
 
@@ -233,16 +234,27 @@ _TRANSIENT_CODES = frozenset(
 
 
 def _transient(e: BaseException) -> bool:
-    """True for errors worth retrying: connection refused/reset/timed out, 5xx, throttling.
+    """True for errors worth retrying: connection refused/reset/timed out, a body cut short, 5xx,
+    throttling.
 
     Follows ``__cause__`` / ``__context__``: boto3's managed transfers wrap the botocore error
     (``S3UploadFailedError``)."""
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+    )
 
     seen = 0
     while e is not None and seen < 8:
         if isinstance(
-            e, ConnectionError | HTTPClientError | builtins.ConnectionError | TimeoutError
+            e,
+            ConnectionError
+            | HTTPClientError
+            | IncompleteReadError
+            | builtins.ConnectionError
+            | TimeoutError,
         ):
             return True
         if isinstance(e, ClientError):
@@ -261,19 +273,19 @@ def _transient(e: BaseException) -> bool:
 class S3Storage(Storage):
     """``s3://bucket/prefix``. Picklable (the client is rebuilt lazily, e.g. inside a Ray task).
 
-    Robustness, outermost first:
-    - every operation runs in a retry loop with capped exponential back-off and jitter while the
-      error is transient (connection refused/reset, timeouts, 5xx, throttling), for at most
-      ``retry_seconds`` (``WEIGHTGEN_S3_RETRY_SECONDS``, default 120): a restarting server costs
-      time, not data;
-    - inside, botocore's own retries (``AWS_RETRY_MODE`` standard|adaptive, ``AWS_MAX_ATTEMPTS``;
-      default standard, 5 attempts);
-    - uploads at or above ``multipart_threshold`` bytes (``WEIGHTGEN_S3_MULTIPART_MB``, default 64)
-      go as multipart uploads of ``multipart_chunksize`` parts (``WEIGHTGEN_S3_PART_MB``, default
-      16; S3 needs >= 5 MiB), as does the server-side copy that publishes them.
-    Publishing is atomic: the object is uploaded under a temporary key (``.NAME.wgtmp-HEX``, never
-    listed), copied onto its final key, and the temporary key deleted; a retried publish starts
-    over with a fresh temporary key, so the final key only ever holds a whole object.
+    Each object is written once, by the request that publishes it: ``put_object`` below
+    ``multipart_threshold`` bytes (``WEIGHTGEN_S3_MULTIPART_MB``, default 64), above it a multipart
+    upload of ``multipart_chunksize`` parts (``WEIGHTGEN_S3_PART_MB``, default 16; S3 needs >= 5
+    MiB) that S3 publishes whole at ``CompleteMultipartUpload`` (s3transfer aborts a failed one).
+    Reads go through s3transfer's download, which also retries a body cut off mid-stream.
+
+    Retries: botocore retries every request (``AWS_RETRY_MODE``, default standard;
+    ``AWS_MAX_ATTEMPTS``, default 10 here). Its budget is counted in attempts, with jitter scaled
+    from 50 ms (10 attempts: at most ~25 s, half that on average) and a per-client retry quota: a
+    server that restarts outlasts it (tests/test_storage_s3.py shows botocore alone giving up).
+    Only then does this class retry the whole operation, with capped back-off, while the error
+    is transient and for at most ``retry_seconds`` (``WEIGHTGEN_S3_RETRY_SECONDS``, default 120).
+    ``botocore_retries`` and ``retries`` count the two (for tests and logs).
     """
 
     def __init__(
@@ -302,7 +314,8 @@ class S3Storage(Storage):
             if retry_seconds is not None
             else _env_float("WEIGHTGEN_S3_RETRY_SECONDS", 120)
         )
-        self.retries = 0  # transient errors retried by this object (for tests and logs)
+        self.retries = 0  # whole operations retried after botocore gave up
+        self.botocore_retries = 0  # failed attempts botocore saw (it retries all but the last)
         self._client_obj = None
 
     _STATE = (
@@ -320,6 +333,7 @@ class S3Storage(Storage):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.retries = 0
+        self.botocore_retries = 0
         self._client_obj = None
 
     @property
@@ -333,9 +347,9 @@ class S3Storage(Storage):
             s3_opts = {}
             if os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
                 s3_opts["addressing_style"] = "path"  # MinIO, SeaweedFS, moto on an IP endpoint
-            retries = {
+            retries = {  # total attempts, as AWS_MAX_ATTEMPTS counts them
                 "mode": os.environ.get("AWS_RETRY_MODE") or "standard",
-                "max_attempts": int(_env_float("AWS_MAX_ATTEMPTS", 5)),
+                "total_max_attempts": self._max_attempts,
             }
             config = Config(
                 retries=retries,
@@ -344,8 +358,26 @@ class S3Storage(Storage):
                 max_pool_connections=16,
                 s3=s3_opts or None,
             )
-            self._client_obj = boto3.session.Session().client("s3", config=config)
+            client = boto3.session.Session().client("s3", config=config)
+            client.meta.events.register("needs-retry.s3", self._count_botocore_retry)
+            self._client_obj = client
         return self._client_obj
+
+    @property
+    def _max_attempts(self) -> int:
+        return max(1, int(_env_float("AWS_MAX_ATTEMPTS", 10)))
+
+    def _retried(self) -> str:
+        """What was tried before giving up, for messages."""
+        done = f"{self._max_attempts} attempts per request"
+        return done + (f" and {self.retry_seconds:.0f} s of retries" if self.retry_seconds else "")
+
+    def _count_botocore_retry(self, response=None, caught_exception=None, **_) -> None:
+        """botocore asks this (and its own handler) after every attempt; returning None leaves
+        the decision to botocore."""
+        status = response[0].status_code if response else 0
+        if caught_exception is not None or status >= 500:
+            self.botocore_retries += 1
 
     @property
     def _transfer(self):
@@ -363,7 +395,10 @@ class S3Storage(Storage):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _retry(self, action: str, key: str, fn):
-        """``fn()`` until it succeeds, a non-transient error (-> StorageError), or the deadline."""
+        """``fn()`` until it succeeds, a non-transient error (-> StorageError), or the deadline.
+
+        ``fn`` is one whole operation; botocore has already retried each of its requests, so this
+        loop only runs once botocore has given up (a server down longer than its budget)."""
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.2
         while True:
@@ -376,7 +411,11 @@ class S3Storage(Storage):
                     raise self._error(action, key, e) from None
                 self.retries += 1
                 log.info(
-                    "%s %s: %s; retrying in %.1f s", action, self.join(key), type(e).__name__, delay
+                    "%s %s: %s after botocore's retries; retrying in %.1f s",
+                    action,
+                    self.join(key),
+                    type(e).__name__,
+                    delay,
                 )
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(2 * delay, 5.0)
@@ -397,7 +436,8 @@ class S3Storage(Storage):
             )
         if isinstance(e, EndpointConnectionError):
             return StorageError(
-                f"cannot {action} {where}: S3 endpoint unreachable ({e}); check AWS_ENDPOINT_URL"
+                f"cannot {action} {where}: S3 endpoint unreachable ({e}) after "
+                f"{self._retried()}; check the server and AWS_ENDPOINT_URL"
             )
         if isinstance(e, ClientError):
             err = e.response.get("Error", {})
@@ -417,57 +457,42 @@ class S3Storage(Storage):
             return StorageError(f"cannot {action} {where}: {code}: {err.get('Message', '')}")
         if _transient(e):
             return StorageError(
-                f"cannot {action} {where}: S3 still failing after {self.retry_seconds:.0f} s of "
-                f"retries ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"cannot {action} {where}: S3 still failing after {self._retried()} "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "check the server and AWS_ENDPOINT_URL"
             )
         return StorageError(f"cannot {action} {where}: {type(e).__name__}: {e}")
 
-    def _publish(self, key: str, upload) -> None:
-        """``upload(tmp_key)`` writes the object under a temporary key; then copy onto ``key``
-        (multipart above the threshold) and delete the temporary key. Retried as a whole."""
-        final = self._key(key)
-
-        def attempt() -> None:
-            c = self._client
-            tmp = self._key(_tmp_name(_check_key(key)))
-            try:
-                upload(tmp)
-                c.copy(
-                    {"Bucket": self.bucket, "Key": tmp}, self.bucket, final, Config=self._transfer
-                )
-            finally:
-                with contextlib.suppress(Exception):  # a stray temp key is invisible to list()
-                    c.delete_object(Bucket=self.bucket, Key=tmp)
-
-        self._retry("write", key, attempt)
-
     def write_bytes(self, key: str, data: bytes) -> None:
         data = bytes(data)
+        final = self._key(key)
 
-        def upload(tmp: str) -> None:
+        def put() -> None:
             if len(data) >= self.multipart_threshold:
                 self._client.upload_fileobj(
-                    io.BytesIO(data), self.bucket, tmp, Config=self._transfer
+                    io.BytesIO(data), self.bucket, final, Config=self._transfer
                 )
             else:
-                self._client.put_object(Bucket=self.bucket, Key=tmp, Body=data)
+                self._client.put_object(Bucket=self.bucket, Key=final, Body=data)
 
-        self._publish(key, upload)
+        self._retry("write", key, put)
 
     def write_file(self, key: str, local_path: str | os.PathLike) -> None:
         src = Path(local_path)
         if not src.is_file():
             raise StorageError(f"cannot upload {src} to {self.join(key)}: not a file")
-        self._publish(
+        final = self._key(key)
+        self._retry(
+            "write",
             key,
-            lambda tmp: self._client.upload_file(str(src), self.bucket, tmp, Config=self._transfer),
+            lambda: self._client.upload_file(str(src), self.bucket, final, Config=self._transfer),
         )
 
     def read_bytes(self, key: str) -> bytes:
         def get() -> bytes:
-            obj = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return obj["Body"].read()
+            buf = io.BytesIO()
+            self._client.download_fileobj(self.bucket, self._key(key), buf, Config=self._transfer)
+            return buf.getvalue()
 
         return self._retry("read", key, get)
 
