@@ -30,10 +30,12 @@ def test_shipped_recipes_load_and_hold_the_measured_chain():
         5.0,
         4500,
     )
-    assert g.text_noise == 0.5 and g.paraphrases and tiny.bench.blend == tiny.sample.blend == 0.5
+    assert g.text_noise == 0.5 and g.paraphrases and tiny.sample.blend == 0.5
+    assert tiny.bench.blend == (0.25, 0.5, 0.75)  # candidates, chosen on validation
     # demo extends tiny: its own cuts, the rest inherited
     assert demo.name == "demo" and demo.gan == tiny.gan and demo.generator.text_noise == 0.5
-    assert (demo.collect.limit, demo.generator.max_steps, demo.bench.concepts) == (40, 400, 4)
+    assert (demo.collect.limit, demo.generator.max_steps, demo.bench.concepts) == (24, 300, 3)
+    assert demo.split == tiny.split and demo.bench.blend == () and demo.generator.image_loss == 0
     assert paper.gan.image_size == 256 and paper.generator.zero_stage == 2
     for p in (tiny, demo, paper):  # every section typed, and a saved copy reads back the same
         assert all(isinstance(getattr(p, k), kind) for k, kind in SECTIONS.items())

@@ -231,14 +231,26 @@ def test_logged_train_seconds_sums_every_resumed_segment(tmp_path):
 
 
 def test_bench_config_rejects_bad_settings_and_adds_refined_and_blended_only_when_asked():
-    from weightgen.config import TRAINED, BenchConfig
+    from weightgen.config import CONTROLS, RETRIEVAL, TRAINED, BenchConfig
     from weightgen.errors import ConfigError
 
-    assert BenchConfig().methods == TRAINED
-    assert BenchConfig(refine_strength=0.5).methods == (*TRAINED, "refined")
+    every = (*TRAINED, *RETRIEVAL, *CONTROLS)
+    assert BenchConfig().trained == every
+    assert BenchConfig(refine_strength=0.5).trained == (*every, "refined")
     assert BenchConfig(refine_strength=0.5, lrs={"refined": 1e-3}).lrs == {"refined": 1e-3}
-    assert BenchConfig(blend=0.5, refine_strength=0.5).methods == (*TRAINED, "refined", "blended")
+    assert BenchConfig(blend=0.5, refine_strength=0.5).trained == (*every, "refined", "blended")
+    assert BenchConfig(blend=[0.25, 0.75]).blend == (0.25, 0.75)
+    # a chosen subset keeps the report order, and scratch and lora-zero (the targets) always
+    assert BenchConfig(methods=("nearest", "generated")).trained == (
+        "scratch",
+        "lora-zero",
+        "generated",
+        "nearest",
+    )
     for bad, msg in (
+        (dict(methods=("blended",)), "unknown bench.methods"),  # blended not asked for
+        (dict(split="test"), "bench.split must be one of"),
+        (dict(knn_k=()), "knn_k must be"),
         (dict(refine_strength=0.0), "refine_strength must be in"),
         (dict(refine_strength=1.2), "refine_strength must be in"),
         (dict(lrs={"refined": 1e-3}), "unknown method"),  # refined not asked for

@@ -247,6 +247,7 @@ def _resweep_only_the_generated_row(run, out, sweep, monkeypatch):
     from weightgen.config import BenchConfig
     from weightgen.eval import sweep as S
     from weightgen.eval.context import BenchContext
+    from weightgen.eval.inits import tune_choices
 
     stale = json.loads(json.dumps(sweep))
     stale["keys"]["generated"]["generator"] = ["another generator"]
@@ -263,7 +264,9 @@ def _resweep_only_the_generated_row(run, out, sweep, monkeypatch):
     cfg = BenchConfig(sweep_concepts=1, sweep_steps=3, sweep_lrs=(1e-3, 5e-3),
                       lrs={"scratch": 0.002}, workers=1, refine_strength=0.5,
                       blend=0.5)  # fmt: skip
-    again = S.sweep_learning_rates(BenchContext(run, run / "generator"), cfg, out)
+    ctx = BenchContext(run, run / "generator")
+    choices = tune_choices(ctx, cfg, cfg.trained)
+    again = S.sweep_learning_rates(ctx, cfg, out, choices)
     assert swept and all(methods == ["generated"] for methods in swept)
     assert again["best"]["lora-zero"] == 1e-3  # the kept row decides (score 99 at 1e-3)
     assert again["table"]["generated"] == sweep["table"]["generated"]  # same seed, same runs
@@ -275,8 +278,8 @@ def _resweep_only_the_generated_row(run, out, sweep, monkeypatch):
 def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     """The whole benchmark on a miniature run, fine-tunes as Ray tasks: report contract, the
     learning rates come from the sweep grid, sweep on training concepts only, ablation rows."""
-    from weightgen.concepts import concepts
-    from weightgen.eval.metrics import eval_schedule
+    from weightgen.concepts import concepts, get_concept
+    from weightgen.eval.metrics import eval_schedule, plateau_quality
 
     out = tmp_path / "bench"
     argv = ["evaluate", "--generator", str(run / "generator"), "--out", str(out), "--config", PLAIN,
@@ -301,7 +304,26 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     assert main(argv) == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["methods"]) == {"base", "scratch", "lora-zero", "generated", "nearest", "mean",
+                                   "knn-blend", "best-by-loss", "nearest-noise", "random-text",
                                    "refined", "blended"}  # fmt: skip
+    # two targets, each with every trained method's quartiles, speed-ups and a sign test
+    for t in ("paper", "hard"):
+        table = rep["targets"][t]["methods"]
+        assert set(table) == set(rep["methods"]) - {"base"}
+        near = table["nearest"]["generated_vs_this"]
+        assert near["wins"] + near["losses"] + near["ties"] == 2 and 0 < near["p"] <= 1
+        assert "generated_vs_this" not in table["generated"]
+        assert set(table["generated"]["vs_scratch"]["ci95"]) >= {"low", "high"}
+    for cid, row in rep["per_concept"].items():
+        lz = rep["runs"][cid]["lora-zero"]["curve"]
+        assert row["hard_target_psnr"] == plateau_quality(lz)
+    assert rep["split"]["evaluated"] == "heldout" and rep["split"]["novel_families"] == []
+    # PLAIN has no validation split: its choices say they came from training concepts
+    assert "training concepts" in rep["choices"]["source"]
+    assert rep["choices"]["knn_k"] in (2, 4, 8)
+    for cid, used in rep["inits"]["random-text"].items():
+        assert used["text"] != get_concept(cid).text
+        assert get_concept(used["concept"]).family != get_concept(cid).family
     # refined: the nearest LoRA moved by the generator, so neither of the two at step 0
     for row in rep["step0"].values():
         assert row["refined"]["psnr"] not in (row["nearest"]["psnr"], row["generated"]["psnr"])
@@ -325,7 +347,7 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
         assert sweep["best"][m] == choose_rate(cells)
     # the sweep is cached per method: with another generator only `generated` is swept again
     _resweep_only_the_generated_row(run, out, sweep, monkeypatch)
-    for m in ("lora-zero", "generated", "nearest", "mean", "refined", "blended"):
+    for m in set(rep["methods"]) - {"base", "scratch"}:
         assert rep["learning_rates"][m] in (1e-3, 5e-3)
     for methods in rep["runs"].values():
         assert methods["scratch"]["curve"][-1]["step"] <= 6
@@ -335,6 +357,8 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
         assert methods["generated"]["offset_s"] > 0  # sampling time is counted
         assert methods["refined"]["offset_s"] > 0
         assert methods["blended"]["offset_s"] == methods["generated"]["offset_s"]
+        assert methods["best-by-loss"]["offset_s"] > 0  # scoring every training LoRA counts
+        assert methods["random-text"]["offset_s"] > 0
     assert set(rep["ablations"]) == {"reference", "ddim10", "block128", "empty-text", "refine0.5",
                                      "blend0.5"}  # fmt: skip
     # the refine0.5 row measures what the refined method starts from
@@ -458,7 +482,7 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
     writes the report `make run` promises."""
     import shutil
 
-    from weightgen.eval.demo import run_demo
+    from weightgen.eval.pipeline import run_pipeline
 
     demo = tmp_path / "demo"
     for part in ("base", "dataset"):
@@ -470,7 +494,7 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
          "bench.per_family=1", "bench.concepts=1", "bench.sweep_concepts=0", "bench.lora_steps=6",
          "bench.scratch_max_steps=6"],
     )  # fmt: skip
-    result = run_demo(demo, recipe)
+    result = run_pipeline(demo, recipe)
     out = capsys.readouterr().out
     assert "base: reusing" in out and "dataset: reusing" in out
     assert (demo / "dataset" / "sensitivity.safetensors").is_file()

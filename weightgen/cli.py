@@ -37,9 +37,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_concepts_list(args) -> int:
-    from weightgen.concepts import concepts
+    from weightgen.concepts import Splits, concepts
+    from weightgen.config import load_config
 
-    for c in concepts(args.split):
+    if args.split is None:
+        chosen = concepts()
+    else:
+        chosen = Splits.of(load_config(args.config, args.set)).concepts(args.split)
+    for c in chosen:
         print(f"{c.id}\t{c.family}\t{c.text}")
     return 0
 
@@ -108,16 +113,30 @@ def _print_collect(s) -> None:
         print(f"  rejected {r['key']}: {r['reason']}")
 
 
-def cmd_demo(args) -> int:
+def cmd_benchmark(args) -> int:
+    """`weightgen benchmark` and `weightgen demo` (its short recipe, report in RUN/report)."""
+    import dataclasses
+
     from weightgen.config import load_config, save_resolved
-    from weightgen.eval.demo import run_demo
+    from weightgen.eval.pipeline import run_pipeline
 
     preset = load_config(args.config, args.set)
+    split = getattr(args, "split", None)
+    if split is not None:
+        preset = dataclasses.replace(preset, bench=dataclasses.replace(preset.bench, split=split))
     run = Path(args.out)
     check_dir_writable(run)
+    report = Path(args.report) if getattr(args, "report", None) else None
+    if args.command == "benchmark" and report is None:
+        report = run / preset.bench.split
+    if report is not None:
+        check_dir_writable(report)
     (run / "config.json").write_text(json.dumps(preset.to_dict(), indent=2) + "\n")
     save_resolved(preset, run, source=args.config, overrides=args.set)
-    run_demo(run, preset, workers=args.workers)
+    if report is not None:
+        save_resolved(preset, report, source=args.config, overrides=args.set)
+    title = f"weightgen demo ({preset.name} config)" if args.command == "demo" else None
+    run_pipeline(run, preset, workers=args.workers, report=report, title=title)
     return 0
 
 
@@ -324,7 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("concepts", help="the concept catalogue")
     csub = pc.add_subparsers(dest="concepts_command", required=True)
     pl = csub.add_parser("list", help="one concept per line: id, family, text")
-    pl.add_argument("--split", choices=["train", "heldout"], default=None)
+    pl.add_argument(
+        "--split",
+        choices=("train", "validation", "heldout", "novel"),  # concepts.SPLIT_NAMES
+        default=None,
+        help="only this split of the recipe (its [split] section; default: every concept)",
+    )
+    add_config_args(pl)
     pl.set_defaults(func=cmd_concepts_list)
     ps = csub.add_parser("show", help="write a grid of inputs and edited targets")
     ps.add_argument("id")
@@ -356,7 +381,24 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--out", default="runs/demo")
     add_config_args(pd, default="demo")
     pd.add_argument("--workers", type=int, default=None, help="local Ray CPUs for collection")
-    pd.set_defaults(func=cmd_demo)
+    pd.set_defaults(func=cmd_benchmark)
+
+    pb = sub.add_parser(
+        "benchmark",
+        help="the benchmark from nothing: base, collection, generator, evaluation (each stage "
+        "resumed or reused), a report per split",
+    )
+    pb.add_argument("--out", required=True, help="run folder (base/, dataset/, generator/)")
+    add_config_args(pb)
+    pb.add_argument(
+        "--split",
+        choices=("heldout", "novel"),
+        default=None,
+        help="evaluated split (default: the recipe's bench.split)",
+    )
+    pb.add_argument("--report", default=None, help="report folder (default: RUN/SPLIT)")
+    pb.add_argument("--workers", type=int, default=None, help="local Ray CPUs for collection")
+    pb.set_defaults(func=cmd_benchmark)
 
     pz = sub.add_parser(
         "sensitivity",

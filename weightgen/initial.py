@@ -36,6 +36,7 @@ class WeightBaselines:
     texts: np.ndarray  # (M, D) pooled, L2-normalised text embeddings of the training samples
     blocks: np.ndarray  # (M, N, S)
     concept_ids: list[str]
+    std_lora: dict[str, torch.Tensor] | None = None  # per-value std over the training samples
 
     @classmethod
     def from_dataset(cls, uri: str) -> WeightBaselines:
@@ -50,24 +51,77 @@ class WeightBaselines:
             stats = BlockStats.load(p, expected_layout_hash=layout.hash)
         # per-element stats: the mean of the data set's blocks is exactly the mean LoRA
         mean_lora = layout.from_blocks(stats.mean)
-        return cls(layout, mean_lora, texts, blocks, [m["concept_id"] for m in metas])
+        std_lora = layout.from_blocks(stats.std)
+        return cls(layout, mean_lora, texts, blocks, [m["concept_id"] for m in metas], std_lora)
+
+    def _sims(self, pooled: torch.Tensor, exclude: str | None) -> np.ndarray:
+        sims = self.texts @ pooled.numpy().astype(np.float32)
+        if exclude is not None:
+            sims = np.where(np.asarray(self.concept_ids) == exclude, -np.inf, sims)
+            if not np.isfinite(sims).any():
+                raise ValueError(f"no training sample left once {exclude!r} is excluded")
+        return sims
+
+    def lora(self, i: int) -> dict[str, torch.Tensor]:
+        """Training sample i's LoRA."""
+        return self.layout.from_blocks(torch.from_numpy(self.blocks[i]))
+
+    def knn(
+        self, pooled: torch.Tensor, k: int, exclude: str | None = None
+    ) -> tuple[dict[str, torch.Tensor], list[tuple[str, float]]]:
+        """The similarity-weighted mean of the k training LoRAs closest in text (weights: cosine
+        similarity clipped at 0, uniform if all are 0), and [(concept id, similarity)] used."""
+        sims = self._sims(pooled, exclude)
+        k = min(k, int(np.isfinite(sims).sum()))
+        top = np.argsort(-sims, kind="stable")[:k]
+        w = np.clip(sims[top], 0.0, None)
+        w = w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k)
+        mixed = np.tensordot(w.astype(np.float32), self.blocks[top], axes=1)  # (N, S)
+        used = [(self.concept_ids[i], float(sims[i])) for i in top]
+        return self.layout.from_blocks(torch.from_numpy(np.ascontiguousarray(mixed))), used
+
+    @torch.no_grad()
+    def best_by_loss(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        exclude: str | None = None,
+    ) -> tuple[dict[str, torch.Tensor], str, float]:
+        """(LoRA, concept id, L1) of the training LoRA whose base + LoRA output is closest to y
+        on the pairs (x, y) in [0, 1] (B,3,H,W): one forward pass per training sample. `model`:
+        a base + LoRA generator (gan.build_concept_model("lora", ...)); its LoRA is left loaded
+        with the winner."""
+        from weightgen.gan import load_lora
+        from weightgen.gan.train import from_model, to_model
+
+        model.eval()
+        n = x.shape[0]
+        xin, tok, msk = to_model(x), tokens.expand(n, -1, -1), mask.expand(n, -1)
+        best, best_i = float("inf"), -1
+        for i, cid in enumerate(self.concept_ids):
+            if cid == exclude:
+                continue
+            load_lora(model, self.lora(i))
+            loss = float((from_model(model(xin, tok, msk)) - y).abs().mean())
+            if loss < best:
+                best, best_i = loss, i
+        if best_i < 0:
+            raise ValueError(f"no training sample left once {exclude!r} is excluded")
+        winner = self.lora(best_i)
+        load_lora(model, winner)
+        return winner, self.concept_ids[best_i], best
 
     def nearest(
         self, pooled: torch.Tensor, exclude: str | None = None
     ) -> tuple[dict[str, torch.Tensor], str, float]:
         """(LoRA, concept id, cosine similarity) of the training sample with the closest text;
         `exclude` leaves one concept out (a training concept is its own nearest neighbour)."""
-        sims = self.texts @ pooled.numpy().astype(np.float32)
-        if exclude is not None:
-            sims = np.where(np.asarray(self.concept_ids) == exclude, -np.inf, sims)
-            if not np.isfinite(sims).any():
-                raise ValueError(f"no training sample left once {exclude!r} is excluded")
+        sims = self._sims(pooled, exclude)
         i = int(np.argmax(sims))
-        return (
-            self.layout.from_blocks(torch.from_numpy(self.blocks[i])),
-            self.concept_ids[i],
-            float(sims[i]),
-        )
+        return self.lora(i), self.concept_ids[i], float(sims[i])
 
 
 def blend_loras(

@@ -79,13 +79,20 @@ def run_tasks(
     workers: int,
     desc: str,
     shared: tuple[str, ...] = ("base_state", "preset", "cfg"),
+    on_result: Callable[[int, T], None] | None = None,
 ) -> list[T]:
     """[fn(**job) for job in jobs], in order: in this process, or one Ray task per job (1 CPU each,
     retried twice, at most twice the CPUs (`workers` or the cluster's) in flight) when workers > 1
-    or RAY_ADDRESS names a cluster.
+    or RAY_ADDRESS names a cluster. `on_result(i, result)` runs as each job finishes (e.g. to save
+    it, so an interrupted run resumes).
     A value under a `shared` key that is the same object in every job goes to the object store once."""
     if workers <= 1 and not os.environ.get("RAY_ADDRESS"):
-        return [fn(**job) for job in tqdm(jobs, desc=desc, unit="task")]
+        results = []
+        for i, job in enumerate(tqdm(jobs, desc=desc, unit="task")):
+            results.append(fn(**job))
+            if on_result is not None:
+                on_result(i, results[-1])
+        return results
     with ray_session(workers=workers) as ray:
         common = {}
         for k in shared:
@@ -104,6 +111,8 @@ def run_tasks(
         with tqdm(total=len(jobs), desc=desc, unit="task") as bar:
             for i, ref in as_completed(ray, submit, range(len(jobs)), max_in_flight=cap):
                 results[i] = ray.get(ref)
+                if on_result is not None:
+                    on_result(i, results[i])
                 bar.update(1)
         return results
 

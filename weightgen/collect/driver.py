@@ -43,8 +43,8 @@ from weightgen.blocks import BlockLayout
 from weightgen.collect.finalize import DATASET_JSON, CollectError, content_sha, finalize
 from weightgen.collect.job import Job, lora_template, plan_jobs, run_job, vet
 from weightgen.collect.ledger import DONE, FAILED, FINAL, REJECTED, Ledger, read_records, rejection
+from weightgen.concepts import Splits, get_concept
 from weightgen.concepts import concepts as list_concepts
-from weightgen.concepts import get_concept, interleave
 from weightgen.config import CollectConfig, Preset, override
 from weightgen.data import (
     MANIFEST,
@@ -316,6 +316,13 @@ def _reason(e: BaseException) -> str:
     return f"task failed: {type(cause).__name__}: {first}"
 
 
+def default_concept_ids(splits: Splits, limit: int | None) -> list[str]:
+    """The recipe's training concepts (its `train` split: no novel operation, no validation
+    concept), families interleaved so that a prefix (`limit`) spans every family."""
+    ids = [c.id for c in splits.collection_order()]
+    return ids[:limit] if limit is not None else ids
+
+
 def collect(
     *,
     out: str,
@@ -354,8 +361,7 @@ def collect(
     if len(srcs) != len(sources or []):
         raise CollectError("two pair sources share one id; give each its own id")
     if concept_ids is None and (limit is not None or not srcs):
-        ids = [c.id for c in interleave(list_concepts("train"))]  # a prefix spans all families
-        ids = ids[:limit] if limit is not None else ids
+        ids = default_concept_ids(Splits.of(preset), limit)
     else:
         ids = [get_concept(i).id for i in concept_ids or []]  # UnknownConceptError, early
     clash = [i for i in srcs if i in {c.id for c in list_concepts()}]

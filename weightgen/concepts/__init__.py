@@ -14,6 +14,7 @@ from weightgen.concepts.catalogue import (
 from weightgen.concepts.edits import EDITS, Edit, apply_program
 from weightgen.concepts.images import COLLECT_PHOTOS, EVAL_PHOTOS, load_photo, random_crops
 from weightgen.concepts.pairs import EVAL_SEED_OFFSET, PAIR_SPLITS, make_pairs, save_concept_grid
+from weightgen.concepts.splits import SPLIT_NAMES, SplitError, Splits
 
 __all__ = [
     "COLLECT_PHOTOS",
@@ -23,8 +24,11 @@ __all__ = [
     "FAMILIES",
     "PAIR_SPLITS",
     "SPLITS",
+    "SPLIT_NAMES",
     "Concept",
     "Edit",
+    "SplitError",
+    "Splits",
     "UnknownConceptError",
     "apply_program",
     "base_concepts",

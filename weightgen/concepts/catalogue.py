@@ -28,6 +28,8 @@ __all__ = [
     "concepts",
     "get_concept",
     "interleave",
+    "pick_base",
+    "spread",
 ]
 
 SPLITS = ("train", "heldout")
@@ -958,30 +960,37 @@ def get_concept(id: str) -> Concept:
         raise UnknownConceptError(id) from None
 
 
-@functools.lru_cache(maxsize=1)
-def _base() -> tuple[Concept, ...]:
+def spread(items: Sequence[Concept]) -> list[Concept]:
+    """Up to five of `items` spread over them (middle, quarters, eighths), in that order."""
+    n = len(items)
+    seen: list[int] = []
+    for i in (n // 2, n // 4, (3 * n) // 4, n // 8, (7 * n) // 8):
+        if i not in seen and i < n:
+            seen.append(i)
+    return [items[i] for i in seen]
+
+
+def pick_base(pool: Sequence[Concept]) -> list[Concept]:
+    """N_BASE concepts of `pool`, round robin over its families (catalogue order), each family's
+    spread over it: the base's pre-training set."""
     per_family: dict[str, list[Concept]] = {}
-    for c in concepts("train"):
+    for c in pool:
         per_family.setdefault(c.family, []).append(c)
-
-    def spread(items: list[Concept]) -> list[Concept]:
-        n = len(items)
-        order = [n // 2, n // 4, (3 * n) // 4, n // 8, (7 * n) // 8]
-        seen: list[int] = []
-        for i in order:
-            if i not in seen:
-                seen.append(i)
-        return [items[i] for i in seen]
-
-    queues = {f: spread(per_family[f]) for f in FAMILIES}
+    queues = {f: spread(v) for f, v in per_family.items()}
     picked: list[Concept] = []
     for r in range(5):
         for f in FAMILIES:
-            if len(picked) < N_BASE and r < len(queues[f]):
+            if len(picked) < N_BASE and r < len(queues.get(f, ())):
                 picked.append(queues[f][r])
-    return tuple(picked)
+    return picked
+
+
+@functools.lru_cache(maxsize=1)
+def _base() -> tuple[Concept, ...]:
+    return tuple(pick_base(concepts("train")))
 
 
 def base_concepts() -> list[Concept]:
-    """N_BASE training concepts, round-robin over families, used to pre-train the base GAN."""
+    """N_BASE training concepts, round-robin over families, used to pre-train the base GAN when
+    no family is held out (weightgen.concepts.splits.Splits.base in general)."""
     return list(_base())

@@ -1,7 +1,14 @@
 """The typed config tree (`weightgen.config.tree`) and its sections. Recipes are TOML files under
 configs/ (installed as weightgen.configs): tiny.toml, demo.toml, paper.toml."""
 
-from weightgen.config.bench import BLENDED, REFINED, TRAINED, BenchConfig
+from weightgen.config.bench import (
+    BLENDED,
+    CONTROLS,
+    REFINED,
+    RETRIEVAL,
+    TRAINED,
+    BenchConfig,
+)
 from weightgen.config.generator import LOSS_WEIGHTS, TrainConfig
 from weightgen.config.sections import (
     BaseTrainConfig,
@@ -10,6 +17,7 @@ from weightgen.config.sections import (
     GANConfig,
     LoRAConfig,
     SampleConfig,
+    SplitConfig,
 )
 from weightgen.config.tree import (
     RESOLVED_FILE,
@@ -26,9 +34,11 @@ from weightgen.errors import ConfigError
 
 __all__ = [
     "BLENDED",
+    "CONTROLS",
     "LOSS_WEIGHTS",
     "REFINED",
     "RESOLVED_FILE",
+    "RETRIEVAL",
     "SECTIONS",
     "TRAINED",
     "BaseTrainConfig",
@@ -40,6 +50,7 @@ __all__ = [
     "LoRAConfig",
     "Preset",
     "SampleConfig",
+    "SplitConfig",
     "TrainConfig",
     "add_config_args",
     "config_names",

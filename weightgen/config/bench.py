@@ -10,31 +10,49 @@ from typing import Any
 from weightgen.errors import ConfigError
 
 TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean")
+# the retrieval baselines a weight generator must beat, and the random-text control
+# (weightgen.eval.inits): similarity-weighted mean of the k nearest training LoRAs by text; the
+# training LoRA with the lowest L1 on a few of the concept's own training pairs (forward only, its
+# time counted); the nearest plus Gaussian noise as far from it as the generator's sample is; the
+# generator fed another family's concept text
+RETRIEVAL = ("knn-blend", "best-by-loss", "nearest-noise")
+CONTROLS = ("random-text",)
+SPLITS = ("heldout", "novel")  # the splits a benchmark evaluates (weightgen.concepts.splits)
 # opt-in (BenchConfig.refine_strength): the nearest training LoRA refined by one denoising step of
 # the generator from noise level `refine_strength` (SDEdit), so retrieval and generation combine
 REFINED = "refined"
-# opt-in (BenchConfig.blend): blend * generated + (1 - blend) * nearest (weightgen.initial.blend_loras), the
-# generator's guess kept at a trained LoRA's scale
+# opt-in (BenchConfig.blend): alpha * generated + (1 - alpha) * nearest (weightgen.initial.blend_loras),
+# alpha chosen among `blend` on the validation split
 BLENDED = "blended"
 
 
 @dataclass
 class BenchConfig:
-    per_family: int = 2  # held-out concepts fine-tuned per family (13 families -> 26 concepts)
+    split: str = "heldout"  # evaluated split: heldout (seen families) or novel (unseen families)
+    # trained methods (empty: TRAINED + RETRIEVAL + CONTROLS, and refined / blended when set)
+    methods: tuple[str, ...] = ()
+    per_family: int = 2  # evaluated concepts fine-tuned per family
     skip_per_family: int = 0  # fine-tune the ones after each family's first K (a disjoint set)
     lora_steps: int = 300  # budget of every base + LoRA method
     scratch_max_steps: int = 2000  # scratch trains until its plateau, at most this many steps
     patience_steps: int = 300  # plateau: no gain of min_gain_db within this many steps
     min_gain_db: float = 0.2
     lora_plateau: bool = False  # base + LoRA methods also stop at their plateau (lora_steps: cap)
+    # lora-zero trains to its plateau within this many steps (0: lora_steps); its plateau quality
+    # is the hard target
+    hard_max_steps: int = 0
     eval_every: int = 25  # after the dense early measurements (metrics.EARLY_STEPS, 1 ... 50)
     sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
-    sweep_concepts: int = 4  # training concepts, one from each of k evenly spread families
+    sweep_concepts: int = 4  # validation concepts, one from each of k evenly spread families
     sweep_steps: int = 300
     lrs: dict[str, float] = field(default_factory=dict)  # fixed rates: no sweep for these methods
     sample_steps: int = 1  # DDIM steps for `generated` (and `refined`)
     refine_strength: float | None = None  # in (0, 1]: adds the `refined` method
-    blend: float | None = None  # in (0, 1): adds `blended`, this weight on generated, rest nearest
+    # weights in (0, 1) on generated (the rest nearest): adds `blended`, with the weight whose
+    # median step-0 PSNR on the validation split is best (one value: that weight)
+    blend: float | tuple[float, ...] | None = ()
+    knn_k: tuple[int, ...] = (2, 4, 8)  # knn-blend's k: the best on validation at step 0
+    best_pairs: int = 8  # best-by-loss scores each training LoRA on this many training pairs
     empty_text: bool = False  # ablation: the generator sees the empty text
     workers: int = 1  # > 1 (or RAY_ADDRESS set): one Ray task per concept
     seed: int = 0
@@ -56,28 +74,51 @@ class BenchConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.sweep_concepts < 0 or self.workers < 1 or self.skip_per_family < 0:
             raise ConfigError("sweep_concepts and skip_per_family must be >= 0, workers >= 1")
+        if self.blend is None:
+            self.blend = ()
+        elif isinstance(self.blend, int | float):
+            self.blend = (float(self.blend),)
+        self.blend = tuple(float(b) for b in self.blend)
+        self.knn_k = tuple(int(k) for k in self.knn_k)
+        self.methods = tuple(self.methods)
+        if self.split not in SPLITS:
+            raise ConfigError(f"bench.split must be one of {SPLITS}, got {self.split!r}")
+        if not self.knn_k or min(self.knn_k) < 1 or self.best_pairs < 1 or self.hard_max_steps < 0:
+            raise ConfigError("knn_k must be integers >= 1, best_pairs >= 1, hard_max_steps >= 0")
         if self.refine_strength is not None and not 0.0 < self.refine_strength <= 1.0:
             raise ConfigError(f"refine_strength must be in (0, 1], got {self.refine_strength}")
-        if self.blend is not None and not 0.0 < self.blend < 1.0:
+        if any(not 0.0 < b < 1.0 for b in self.blend):
             raise ConfigError(
-                f"blend must be in (0, 1) (0: nearest, 1: generated), got {self.blend}"
+                f"blend must be in (0, 1) (0: nearest, 1: generated), got {list(self.blend)}"
             )
-        bad = set(self.lrs) - set(self.methods)
+        known = self.available_methods
+        bad = [m for m in self.methods if m not in known]
         if bad:
-            raise ConfigError(
-                f"unknown method(s) in lrs: {sorted(bad)}; choose from {self.methods}"
-            )
+            raise ConfigError(f"unknown bench.methods {bad}; choose from {known}")
+        bad = set(self.lrs) - set(known)
+        if bad:
+            raise ConfigError(f"unknown method(s) in lrs: {sorted(bad)}; choose from {known}")
         if any(v <= 0 for v in [*self.sweep_lrs, *self.lrs.values()]):
             raise ConfigError("learning rates must be > 0")
         self.sweep_lrs = tuple(float(v) for v in self.sweep_lrs)
 
     @property
-    def methods(self) -> tuple[str, ...]:
-        """The trained methods, in report order."""
+    def available_methods(self) -> tuple[str, ...]:
         return (
             TRAINED
+            + RETRIEVAL
+            + CONTROLS
             + ((REFINED,) if self.refine_strength is not None else ())
-            + ((BLENDED,) if self.blend is not None else ())
+            + ((BLENDED,) if self.blend else ())
+        )
+
+    @property
+    def trained(self) -> tuple[str, ...]:
+        """The trained methods, in report order (scratch and lora-zero always: the targets)."""
+        if not self.methods:
+            return self.available_methods
+        return tuple(
+            m for m in self.available_methods if m in (*self.methods, "scratch", "lora-zero")
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -127,3 +127,27 @@ class SampleConfig:
             raise ConfigError(f"sample.steps must be >= 1, got {self.steps}")
         if not 0.0 <= self.blend <= 1.0:
             raise ConfigError(f"sample.blend must be in [0, 1], got {self.blend}")
+
+
+@dataclass
+class SplitConfig:
+    """Which concepts each stage may see (weightgen.concepts.splits): the families held out of
+    every training-side stage, and the training concepts carved off for tuning choices."""
+
+    novel_families: tuple[str, ...] = ()  # with every composition that uses their operations
+    validation_per_family: int = 0  # training concepts per family never collected
+
+    def __post_init__(self):
+        self.novel_families = tuple(self.novel_families)
+        if self.validation_per_family < 0:
+            raise ConfigError(
+                f"split.validation_per_family must be >= 0, got {self.validation_per_family}"
+            )
+        if self.novel_families:
+            from weightgen.concepts.catalogue import FAMILIES  # the catalogue's own names
+
+            unknown = [f for f in self.novel_families if f not in FAMILIES]
+            if unknown:
+                raise ConfigError(
+                    f"unknown split.novel_families {unknown}; choose from: {', '.join(FAMILIES)}"
+                )

@@ -36,6 +36,7 @@ from weightgen.config.sections import (
     GANConfig,
     LoRAConfig,
     SampleConfig,
+    SplitConfig,
 )
 from weightgen.errors import ConfigError
 
@@ -51,6 +52,7 @@ SECTIONS: dict[str, type] = {
     "sample": SampleConfig,
     "generator": TrainConfig,
     "bench": BenchConfig,
+    "split": SplitConfig,
 }
 
 
@@ -68,6 +70,7 @@ class Preset:
     sample: SampleConfig = field(default_factory=SampleConfig)
     generator: TrainConfig = field(default_factory=TrainConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     text_model: str = "all-MiniLM-L6-v2"
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from weightgen.eval.ablations import (
     refine_strength,
     step0_row,
 )
-from weightgen.eval.context import BenchContext, find_nearest, step0_table
+from weightgen.eval.context import BenchContext, step0_table
 from weightgen.eval.cost import cost_line, one_off_cost, payback, payback_line
 from weightgen.eval.finetunes import concept_runs
 from weightgen.eval.protocol import select_concepts
@@ -39,9 +39,10 @@ def run_benchmark(
     ablations: Sequence[str] = (),
     title: str = "weightgen held-out benchmark (tiny preset)",
 ) -> dict:
-    from weightgen.concepts import concepts as list_concepts
+    from weightgen.concepts import Splits
+    from weightgen.eval.finetunes import FinetuneCache
+    from weightgen.eval.inits import method_inits, tune_choices
     from weightgen.eval.report import save_image_grid, summarise, write_report
-    from weightgen.initial import blend_loras
 
     cfg = cfg or BenchConfig()
     run, out = Path(run), Path(out)
@@ -50,42 +51,44 @@ def run_benchmark(
         torch.set_num_threads(1)
     ctx = BenchContext(run, Path(generator) if generator else None, cfg.empty_text)
     preset = ctx.preset
-    held = list_concepts("heldout")[: cfg.step0_concepts]
+    splits = Splits.of(preset)
+    held = splits.concepts(cfg.split)[: cfg.step0_concepts]
+    if not held:
+        raise WeightgenError(
+            f"the recipe's {cfg.split} split is empty: name families under [split] novel_families"
+        )
+    methods = cfg.trained
+    initialised = [m for m in methods if m not in ("scratch", "lora-zero")]
 
-    # 1. step 0 on every held-out concept
-    gen, per_text_s = ctx.generate([c.text for c in held], cfg.sample_steps)
+    # 0. the tuned choices (k, blend weight, noise scale) on the validation split
+    choices = tune_choices(ctx, cfg, methods)
+
+    # 1. step 0 of every method on every evaluated concept
+    step0_methods = list(dict.fromkeys(["generated", "nearest", "mean", *initialised]))
+    inits, offsets, info = method_inits(ctx, held, step0_methods, cfg, choices)
+    per_text_s = offsets["generated"][0]
     t0 = time.perf_counter()
     ctx.generate([held[0].text + " "], cfg.sample_steps)  # one uncached concept alone
     one_s = time.perf_counter() - t0
     tb = ctx.enc.encode([c.text for c in held])
-    nearest_of = find_nearest(ctx, held, tb)
-    extra_step0, offsets = {}, {"generated": per_text_s}
-    if cfg.refine_strength is not None:
-        init = [nearest_of[c.id]["lora"] for c in held]
-        refined, offsets[REFINED] = ctx.generate(
-            [c.text for c in held], cfg.sample_steps, init, cfg.refine_strength
-        )
-        extra_step0[REFINED] = refined
-    if cfg.blend is not None:
-        # retrieval is a dot product over the training texts: the blend costs what sampling does
-        extra_step0[BLENDED] = [
-            blend_loras(gen[i], nearest_of[c.id]["lora"], cfg.blend) for i, c in enumerate(held)
-        ]
-        offsets[BLENDED] = per_text_s
-    step0 = step0_table(ctx, held, gen, tb, nearest_of, extra_step0)
+    nearest_of = {
+        c.id: {"lora": inits["nearest"][i], **info["nearest"][i]} for i, c in enumerate(held)
+    }
+    extra_step0 = {m: inits[m] for m in step0_methods if m not in ("generated", "nearest", "mean")}
+    step0 = step0_table(ctx, held, inits["generated"], tb, nearest_of, extra_step0)
 
-    # 2. learning rates from training concepts
+    # 2. learning rates from the validation split
     if cfg.finetune:
-        sweep = sweep_learning_rates(ctx, cfg, out)
+        sweep = sweep_learning_rates(ctx, cfg, out, choices)
     else:
         sweep = {"best": {}, "table": {}}
-    methods = cfg.methods
     lrs = {m: cfg.lrs.get(m, sweep["best"].get(m, preset.concept.lr)) for m in methods}
 
-    # 3. fine-tunes
-    chosen = select_concepts("heldout", cfg.per_family, cfg.skip_per_family) if cfg.finetune else []
-    chosen = [c for c in chosen if c in held][: cfg.concepts]
-    jobs = []
+    # 3. fine-tunes, each concept saved as it finishes (a rerun resumes)
+    chosen = select_concepts(held, cfg.per_family, cfg.skip_per_family) if cfg.finetune else []
+    chosen = chosen[: cfg.concepts]
+    cache = FinetuneCache(out)
+    jobs, keys = [], []
     for c in chosen:
         i = held.index(c)
         jobs.append(
@@ -95,20 +98,44 @@ def run_benchmark(
                 concept_id=c.id,
                 tokens=tb.tokens[i],
                 mask=tb.mask[i],
-                inits={
-                    "scratch": None,
-                    "lora-zero": None,
-                    "generated": gen[i],
-                    "nearest": nearest_of[c.id]["lora"],
-                    "mean": ctx.baselines.mean_lora,
-                    **{m: v[i] for m, v in extra_step0.items()},
-                },
+                inits={m: inits[m][i] if m in inits else None for m in methods},
                 lrs=lrs,
                 cfg=cfg,
-                offsets=offsets,
+                offsets={m: offsets[m][i] for m in initialised},
             )
         )
-    results = run_tasks(concept_runs, jobs, workers=cfg.workers, desc="fine-tune") if jobs else []
+        keys.append(
+            cache.job_key(
+                {
+                    "concept": c.id,
+                    "methods": methods,
+                    "lrs": lrs,
+                    "choices": [choices.knn_k, choices.blend, choices.noise],
+                    "generator": ctx.bundle.meta.get("summary"),
+                    "run": str(run.resolve()),
+                    "bench": {
+                        k: v
+                        for k, v in cfg.to_dict().items()
+                        if k not in ("workers", "concepts", "step0_concepts", "sweep_concepts")
+                    },
+                }
+            )
+        )
+    results: list = [cache.get(c.id, k) for c, k in zip(chosen, keys)]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if len(todo) < len(jobs):
+        print(f"  fine-tunes: reusing {len(jobs) - len(todo)} finished concepts in {cache.dir}")
+
+    def save(j: int, res: dict) -> None:
+        i = todo[j]
+        results[i] = res
+        cache.put(chosen[i].id, keys[i], res)
+
+    if todo:
+        run_tasks(
+            concept_runs, [jobs[i] for i in todo], workers=cfg.workers, desc="fine-tune",
+            on_result=save,
+        )  # fmt: skip
     runs = {c.id: res["runs"] for c, res in zip(chosen, results)}
 
     # 4. report
@@ -164,12 +191,41 @@ def run_benchmark(
 
     wins = win_rate("generated", ("base", "lora-zero", "mean", "nearest"))
     # the opt-in methods (refined, blended): their step-0 wins and how the headline names them
-    extra_wins = {k: win_rate(k, ("generated", "mean", "nearest")) for k in extra_step0}
+    extra_wins = {
+        k: win_rate(k, ("generated", "mean", "nearest"))
+        for k in extra_step0
+        if k in (REFINED, BLENDED)
+    }
 
     def extra_label(k: str) -> str:
         if k == REFINED:
             return f"refined (nearest LoRA, one step from strength {cfg.refine_strength:g})"
-        return f"blended ({cfg.blend:g} generated + {1 - cfg.blend:g} nearest)"
+        return f"blended ({choices.blend:g} generated + {1 - choices.blend:g} nearest)"
+
+    def target_line(t: str) -> str:
+        e = summary["targets"][t]["methods"].get("generated") if summary["targets"] else None
+        if not e:
+            return "—"
+
+        def sp(key):
+            v = e.get(key)
+            if not v or v["median"] is None:
+                return "—"
+            lo, hi = v["ci95"]["low"], v["ci95"]["high"]
+            return f"{v['median']:.1f}× ({'—' if lo is None else f'{lo:.1f}'}–" + (
+                f"{'—' if hi is None else f'{hi:.1f}'})"
+            )
+
+        near = summary["targets"][t]["methods"].get("nearest", {}).get("generated_vs_this")
+        vs_near = (
+            f"; vs nearest {near['wins']} wins / {near['losses']} losses, p = {near['p']:.3g}"
+            if near
+            else ""
+        )
+        return (
+            f"{sp('vs_scratch')} vs scratch, {sp('vs_lora_zero')} vs lora-zero, never reached "
+            f"on {e['time_s']['never']} of {e['concepts']}{vs_near}"
+        )
 
     def shares(w: dict[str, float]) -> str:
         return ", ".join(f"{k} {100 * v:.0f}%" for k, v in w.items())
@@ -178,6 +234,9 @@ def run_benchmark(
     saved = payback(m, cost)
     extra = {
         "config": cfg.to_dict(),
+        "split": {"evaluated": cfg.split, **splits.describe()},
+        "choices": choices.to_dict(),
+        "inits": {m: dict(zip([c.id for c in held], v)) for m, v in info.items() if any(v)},
         "learning_rates": lrs,
         "sweep": sweep,
         "one_off_cost": cost,
@@ -192,10 +251,25 @@ def run_benchmark(
         "ablations": ablation_rows,
         "runs": runs,
         "headline": {
-            "held-out concepts": f"{len(held)} at step 0, {len(chosen)} fine-tuned "
+            f"{cfg.split} concepts": f"{len(held)} at step 0, {len(chosen)} fine-tuned "
             f"({cfg.per_family} per family"
             + (f" after the first {cfg.skip_per_family}" if cfg.skip_per_family else "")
-            + ")",
+            + ")"
+            + (
+                f"; novel families (unseen by every training stage): "
+                f"{', '.join(splits.novel_families)}"
+                if splits.novel_families
+                else ""
+            ),
+            "generated to the paper's target (scratch's plateau), median (95% CI)": target_line(
+                "paper"
+            ),
+            "generated to the hard target (lora-zero's plateau), median (95% CI)": target_line(
+                "hard"
+            ),
+            "step-0 PSNR, median": ", ".join(
+                f"{k} {v['psnr_step0']:.2f}" for k, v in m.items() if v.get("psnr_step0")
+            ),
             "generated PSNR at step 0 (median)": f"{m['generated']['psnr_step0']:.2f} dB vs base "
             f"{m['base']['psnr_step0']:.2f}, mean {m['mean']['psnr_step0']:.2f}, nearest "
             f"{m['nearest']['psnr_step0']:.2f}",
@@ -205,9 +279,13 @@ def run_benchmark(
                 + shares(w)
                 for k, w in extra_wins.items()
             },
-            "learning rates (sweep on training concepts)": ", ".join(
+            "learning rates (sweep on the validation split)": ", ".join(
                 f"{k} {v:g}" for k, v in lrs.items()
             ),
+            f"tuned on the {choices.source}": f"knn-blend k = {choices.knn_k}, "
+            + (f"blend weight {choices.blend:g}, " if choices.blend is not None else "")
+            + f"nearest-noise scale {choices.noise:.3g} std (the generator's median distance "
+            "from the nearest LoRA)",
             "one-off cost": cost_line(cost),
             "paid back after (new concepts)": payback_line(saved),
             **(

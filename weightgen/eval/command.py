@@ -3,6 +3,7 @@ Its settings are the config tree's [bench] section: `--config NAME --set bench.F
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from weightgen.config import add_config_args
@@ -12,13 +13,19 @@ from weightgen.paths import check_dir_writable
 def add_evaluate_parser(sub) -> None:
     """Register `evaluate` on the `weightgen` subparsers `sub`."""
     pe = sub.add_parser(
-        "evaluate", help="held-out benchmark: every method, learning-rate sweep, ablations, report"
+        "evaluate",
+        help="benchmark of a trained run: every method, learning-rate sweep, ablations, report",
     )
     pe.add_argument("--generator", required=True, help="generator folder (normally RUN/generator)")
     pe.add_argument(
         "--run", default=None, help="run folder with base/ and dataset/ (default: its parent)"
     )
-    pe.add_argument("--split", default="heldout", choices=["heldout"])
+    pe.add_argument(
+        "--split",
+        default=None,
+        choices=("heldout", "novel"),
+        help="evaluated split (default: the recipe's bench.split)",
+    )
     pe.add_argument("--out", required=True, help="report folder")
     add_config_args(pe)
     pe.add_argument(
@@ -37,8 +44,6 @@ def cmd_evaluate(args) -> int:
     from weightgen.eval.ablations import check_ablations
     from weightgen.eval.benchmark import run_benchmark
 
-    if args.split != "heldout":
-        raise WeightgenError("only --split heldout is evaluated (training concepts were collected)")
     gen = Path(args.generator).resolve()
     run = Path(args.run).resolve() if args.run else gen.parent
     for part in ("base", "dataset"):
@@ -50,6 +55,8 @@ def cmd_evaluate(args) -> int:
     check_dir_writable(out)
     preset = load_config(args.config, args.set)
     cfg = preset.bench
+    if args.split is not None:
+        cfg = dataclasses.replace(cfg, split=args.split)
     if cfg.fid_weights:
         from weightgen.eval.fid import fid_metric
 

@@ -54,10 +54,11 @@ class BenchContext:
 
 
 def find_nearest(ctx: BenchContext, held: Sequence, tb) -> dict[str, dict]:
-    """{concept: {"lora", "concept", "similarity"}}: the training LoRA closest in text."""
+    """{concept: {"lora", "concept", "similarity"}}: the training LoRA closest in text (never the
+    concept's own, should the data set hold it)."""
     out = {}
     for i, c in enumerate(held):
-        nl, nid, sim = ctx.baselines.nearest(tb.pooled[i])
+        nl, nid, sim = ctx.baselines.nearest(tb.pooled[i], exclude=c.id)
         out[c.id] = {"lora": nl, "concept": nid, "similarity": sim}
     return out
 

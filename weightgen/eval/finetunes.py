@@ -4,6 +4,10 @@ schedule (pure: runs in-process or inside a Ray task, `weightgen.pool.run_tasks`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import torch
 
@@ -42,9 +46,13 @@ def concept_runs(
     out_runs, prev = {}, {"input": pairs[0][:preview], "target": pairs[1][:preview]}
     for m, init in inits.items():
         scratch = m == "scratch"
+        # lora-zero with hard_max_steps trains to its plateau: its quality is the hard target
+        to_plateau = m == "lora-zero" and cfg.hard_max_steps > 0
         steps = cfg.scratch_max_steps if scratch else cfg.lora_steps
+        if to_plateau:
+            steps = max(steps, cfg.hard_max_steps)
         plateau = None
-        if scratch or cfg.lora_plateau:
+        if scratch or cfg.lora_plateau or to_plateau:
 
             def plateau(curve):
                 return plateaued(
@@ -87,3 +95,57 @@ def _first(v, k: int):
     if isinstance(v, dict):
         return {kk: vv[:k] for kk, vv in v.items()}
     return v[:k]
+
+
+class FinetuneCache:
+    """Finished concepts of a benchmark run, so an interrupted run resumes: OUT/finetunes/ID.json
+    ({"key", "runs"}) and ID.safetensors (the preview images, flattened "a/b" keys). A concept is
+    reused only under the same key (what its runs depend on: `job_key`)."""
+
+    def __init__(self, out: Path):
+        self.dir = Path(out) / "finetunes"
+
+    @staticmethod
+    def job_key(parts: dict) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get(self, cid: str, key: str) -> dict | None:
+        from safetensors.torch import load_file
+
+        meta, tensors = self.dir / f"{cid}.json", self.dir / f"{cid}.safetensors"
+        try:
+            rec = json.loads(meta.read_text())
+            if rec.get("key") != key:
+                return None
+            flat = load_file(tensors)
+        except (OSError, ValueError):
+            return None
+        preview: dict = {}
+        for k, v in flat.items():
+            *heads, last = k.split("/")
+            node = preview
+            for h in heads:
+                node = node.setdefault(h, {})
+            node[last] = v
+        return {"runs": rec["runs"], "preview": preview}
+
+    def put(self, cid: str, key: str, result: dict) -> None:
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        flat: dict[str, torch.Tensor] = {}
+
+        def walk(prefix: str, node) -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(f"{prefix}/{k}" if prefix else k, v)
+            elif node is not None:
+                flat[prefix] = node.detach().clone()  # no shared storage: safetensors
+
+        walk("", result["preview"])
+        tmp = self.dir / f".{cid}.safetensors.tmp"
+        save_file(flat, tmp)
+        os.replace(tmp, self.dir / f"{cid}.safetensors")
+        tmp = self.dir / f".{cid}.json.tmp"
+        tmp.write_text(json.dumps({"key": key, "runs": result["runs"]}) + "\n")
+        os.replace(tmp, self.dir / f"{cid}.json")  # last: the json marks the concept finished

@@ -7,6 +7,8 @@ Methods (DESIGN.md report contract):
   lora-zero  base + LoRA with B = 0, the E2GAN recipe (trained)
   generated  base + LoRA sampled from the generator in one step (trained)
   nearest    base + the training LoRA whose concept text is most similar (trained)
+  knn-blend, best-by-loss, nearest-noise, random-text: retrieval baselines and a control
+             (weightgen.eval.inits)
   refined    base + the nearest LoRA refined by one denoising step of the generator (trained)
   blended    base + alpha * generated + (1 - alpha) * nearest, value for value (trained)
   mean       base + the mean training LoRA (trained)
@@ -21,8 +23,20 @@ from weightgen.concepts import Concept, make_pairs
 from weightgen.config import Preset
 from weightgen.gan import train_concept
 
-# every method `finetune` accepts (benchmark.TRAINED: the five the benchmark always runs)
-FINETUNE_METHODS = ("scratch", "lora-zero", "generated", "nearest", "mean", "refined", "blended")
+# every method `finetune` accepts (config.BenchConfig.available_methods: the benchmark's)
+FINETUNE_METHODS = (
+    "scratch",
+    "lora-zero",
+    "generated",
+    "nearest",
+    "mean",
+    "knn-blend",
+    "best-by-loss",
+    "nearest-noise",
+    "random-text",
+    "refined",
+    "blended",
+)
 EVAL_SEED = 0
 TRAIN_SEED = 0
 

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from weightgen.eval.compare import TARGETS, table_markdown, target_table  # noqa: E402
 from weightgen.eval.metrics import (  # noqa: E402
     COLLAPSE_DB,
     median,
@@ -37,6 +38,10 @@ METHOD_ORDER = (
     "blended",
     "refined",
     "nearest",
+    "knn-blend",
+    "best-by-loss",
+    "nearest-noise",
+    "random-text",
     "mean",
 )
 PAPER = {  # PAPER.md: FID and time to train a new concept
@@ -51,10 +56,19 @@ def summarise(step0: dict, runs: dict) -> dict:
     for cid, methods in runs.items():
         ref = "scratch" if "scratch" in methods else "lora-zero"
         target = plateau_quality(methods[ref]["curve"])
-        row = {"target_psnr": target, "target_method": ref, "methods": {}}
+        # the hard target: LoRA-from-zero's plateau (trained to it: BenchConfig.hard_max_steps)
+        hard = plateau_quality(methods["lora-zero"]["curve"]) if "lora-zero" in methods else None
+        row = {
+            "target_psnr": target,
+            "target_method": ref,
+            "paper_target_psnr": target,
+            "hard_target_psnr": hard,
+            "methods": {},
+        }
         for name, r in methods.items():
-            t, s = time_to_target(r["curve"], target, offset_s=r.get("offset_s", 0.0))
-            c = r["curve"]
+            off, c = r.get("offset_s", 0.0), r["curve"]
+            t, s = time_to_target(c, target, offset_s=off)
+            th, sh = (None, None) if hard is None else time_to_target(c, hard, offset_s=off)
             row["methods"][name] = {
                 "psnr_step0": c[0]["psnr"],
                 "ssim_step0": c[0]["ssim"],
@@ -62,7 +76,11 @@ def summarise(step0: dict, runs: dict) -> dict:
                 "ssim_final": plateau_quality(c, metric="ssim"),
                 "time_to_target_s": t,
                 "steps_to_target": s,
-                "offset_s": r.get("offset_s", 0.0),
+                "time_to_paper_s": t,
+                "steps_to_paper": s,
+                "time_to_hard_s": th,
+                "steps_to_hard": sh,
+                "offset_s": off,
             }
         per_concept[cid] = row
 
@@ -133,7 +151,15 @@ def summarise(step0: dict, runs: dict) -> dict:
                 f"{key}vs_scratch_spread": sc,
                 f"{key}vs_lora_zero_spread": lz,
             }
-    return {"methods": methods, "speedup": speed, "per_concept": per_concept, "step0": step0}
+    trained = [m for m in names if any(m in r["methods"] for r in per_concept.values())]
+    targets = {t: target_table(per_concept, trained, t) for t in TARGETS} if trained else {}
+    return {
+        "methods": methods,
+        "speedup": speed,
+        "targets": targets,
+        "per_concept": per_concept,
+        "step0": step0,
+    }
 
 
 def _fmt(v, nd=2):
@@ -161,6 +187,8 @@ def write_report(
     lines = [f"# {title}", ""]
     for k, v in (extra or {}).get("headline", {}).items():
         lines.append(f"- {k}: {v}")
+    for t, table in (summary.get("targets") or {}).items():
+        lines += ["", f"## Time to the {t} target", ""] + table_markdown(table)
     lines += [
         "",
         "## Methods (medians over concepts)",

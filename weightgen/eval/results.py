@@ -12,6 +12,7 @@ from pathlib import Path
 
 from weightgen.errors import WeightgenError
 from weightgen.eval.benchmark import render_report
+from weightgen.eval.compare import table_markdown
 from weightgen.eval.metrics import speedups
 from weightgen.eval.report import summarise
 
@@ -84,6 +85,8 @@ def results_index(root: str | Path) -> str:
     for path in found:
         rep = _read(path)
         split = rep.get("split") or (rep.get("config") or {}).get("split") or "heldout"
+        if isinstance(split, dict):  # the recipe's splits, with the evaluated one
+            split = split.get("evaluated", "heldout")
         by_split.setdefault(split, []).append((path.parent.name, rep))
     lines = [
         "# Results",
@@ -97,10 +100,11 @@ def results_index(root: str | Path) -> str:
         lines += ["", f"## Split: {split}"]
         for name, rep in reps:
             pc = rep.get("per_concept", {})
+            head = rep.get("headline", {})
             lines += [
                 "",
                 f"[{name}]({root.name}/{name}/report.md): "
-                + rep.get("headline", {}).get("held-out concepts", ""),
+                + next((v for k, v in head.items() if k.endswith("concepts")), ""),
                 "",
                 "| method | PSNR step 0 | PSNR final | time to target (s) | steps to target "
                 "| reached | vs scratch | vs lora-zero |",
@@ -117,6 +121,8 @@ def results_index(root: str | Path) -> str:
                     f"{_cell(e.get('time_to_target_s'))} | {_cell(e.get('steps_to_target'), 1)} | "
                     f"{reached} | {_speed(pc, 'scratch', m)} | {_speed(pc, 'lora-zero', m)} |"
                 )
+            for target, table in (rep.get("targets") or {}).items():
+                lines += ["", f"Time to the {target} target:", ""] + table_markdown(table)
     return "\n".join(lines) + "\n"
 
 

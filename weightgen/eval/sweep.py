@@ -1,5 +1,6 @@
-"""Learning rates chosen on training concepts (never held-out ones): each method's rate from a sweep,
-cached per method in sweep.json under the settings it depends on."""
+"""Learning rates chosen on the validation split (training concepts never collected; never held-out
+or novel ones): each method's rate from a sweep, cached per method in sweep.json under the
+settings it depends on."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any
 from weightgen.config import BLENDED, REFINED, BenchConfig
 from weightgen.eval.context import BenchContext
 from weightgen.eval.finetunes import concept_runs
+from weightgen.eval.inits import Choices, method_inits, tuning_concepts
 from weightgen.eval.metrics import COLLAPSE_DB
-from weightgen.eval.protocol import select_concepts
 from weightgen.pool import run_tasks
 
 SWEEP_CRITERION = (
@@ -29,7 +30,9 @@ def choose_rate(cells: dict[str, dict]) -> float:
     return float(max(stable, key=lambda k: stable[k]["score"]))
 
 
-def sweep_keys(ctx: BenchContext, cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
+def sweep_keys(
+    ctx: BenchContext, cfg: BenchConfig, methods: Sequence[str], choices: Choices
+) -> dict[str, dict]:
     """What each method's sweep result depends on; a cached row is reused only under its own key,
     so a retrained generator re-sweeps `generated` alone, not the baselines."""
     common = {
@@ -51,19 +54,26 @@ def sweep_keys(ctx: BenchContext, cfg: BenchConfig, methods: Sequence[str]) -> d
         "sample_steps": cfg.sample_steps,
         "empty_text": cfg.empty_text,
     }
-    refine = {**gen, "refine_strength": cfg.refine_strength}
-    own = {"generated": gen, REFINED: refine, BLENDED: {**gen, "blend": cfg.blend}}
+    common["concepts"] = choices.concepts
+    own = {
+        "generated": gen,
+        "random-text": gen,
+        REFINED: {**gen, "refine_strength": cfg.refine_strength},
+        BLENDED: {**gen, "blend": choices.blend},
+        "nearest-noise": {**gen, "noise": choices.noise},
+        "knn-blend": {"knn_k": choices.knn_k},
+        "best-by-loss": {"best_pairs": cfg.best_pairs},
+    }
     return {m: {**common, **own.get(m, {})} for m in methods}
 
 
-def sweep_learning_rates(ctx: BenchContext, cfg: BenchConfig, out: Path) -> dict:
-    """Best rate per method on training concepts. Cached in out/sweep.json per method: a method
+def sweep_learning_rates(ctx: BenchContext, cfg: BenchConfig, out: Path, choices: Choices) -> dict:
+    """Best rate per method on validation concepts. Cached in out/sweep.json per method: a method
     whose settings (`sweep_keys`) are unchanged keeps its row and is not trained again."""
     from weightgen.eval.metrics import collapsed, log_step_quality, median, plateau_quality
-    from weightgen.initial import blend_loras
 
-    methods = [m for m in cfg.methods if m not in cfg.lrs]
-    keys = sweep_keys(ctx, cfg, methods)
+    methods = [m for m in cfg.trained if m not in cfg.lrs]
+    keys = sweep_keys(ctx, cfg, methods, choices)
     if not methods or cfg.sweep_concepts == 0:
         return {"keys": keys, "best": {}, "table": {}}
     path = out / "sweep.json"
@@ -77,30 +87,15 @@ def sweep_learning_rates(ctx: BenchContext, cfg: BenchConfig, out: Path) -> dict
     if not todo:
         best = {m: choose_rate(table[m]) for m in methods}
         return {"keys": keys, "concepts": cached["concepts"], "best": best, "table": table}
-    # one training concept from each of k families spread evenly over the catalogue's order
-    # (never a held-out one), so the rates are not tuned on the colour families alone
-    first = select_concepts("train", 1)
+    # one validation concept from each of k families spread evenly over the catalogue's order
+    # (never a held-out or novel one), so the rates are not tuned on the colour families alone
+    first, _ = tuning_concepts(ctx.preset)
     k = min(cfg.sweep_concepts, len(first))
     picks = [first[(i * len(first)) // k] for i in range(k)]
-    texts = [c.text for c in picks]
-    need_gen = "generated" in todo or BLENDED in todo
-    gen = ctx.generate(texts, cfg.sample_steps)[0] if need_gen else [None] * k
-    tb = ctx.enc.encode(texts)
-    near = [ctx.baselines.nearest(tb.pooled[i], exclude=c.id)[0] for i, c in enumerate(picks)]
-    refined = [None] * k
-    if REFINED in todo:
-        refined = ctx.generate(texts, cfg.sample_steps, near, cfg.refine_strength)[0]
+    tb = ctx.enc.encode([c.text for c in picks])
+    inits, _, _ = method_inits(ctx, picks, todo, cfg, choices)
     jobs = []
     for i, c in enumerate(picks):
-        inits = {
-            "scratch": None,
-            "lora-zero": None,
-            "generated": gen[i],
-            "nearest": near[i],
-            "mean": ctx.baselines.mean_lora,
-            REFINED: refined[i],
-            BLENDED: blend_loras(gen[i], near[i], cfg.blend) if BLENDED in todo else None,
-        }
         for lr in cfg.sweep_lrs:
             jobs.append(
                 dict(
@@ -109,7 +104,7 @@ def sweep_learning_rates(ctx: BenchContext, cfg: BenchConfig, out: Path) -> dict
                     concept_id=c.id,
                     tokens=tb.tokens[i],
                     mask=tb.mask[i],
-                    inits={m: inits[m] for m in todo},
+                    inits={m: inits[m][i] for m in todo},
                     lrs={m: lr for m in todo},
                     # the LoRA methods run every sweep step (no plateau stop), so a collapse
                     # late in the budget is seen
@@ -117,6 +112,7 @@ def sweep_learning_rates(ctx: BenchContext, cfg: BenchConfig, out: Path) -> dict
                         cfg,
                         lora_steps=cfg.sweep_steps,
                         scratch_max_steps=cfg.sweep_steps,
+                        hard_max_steps=0,
                         lora_plateau=False,
                     ),
                     preview=0,

@@ -69,16 +69,17 @@ def load_base(path: str | Path) -> tuple[dict[str, torch.Tensor], Preset]:
 def build_base(
     preset: Preset, out: str | Path, *, steps: int | None = None, progress: bool = True
 ) -> dict:
-    """Pre-train the base on `base_concepts()` and save it to `out` (a base folder). Returns metrics."""
+    """Pre-train the base on the recipe's base concepts (`Splits.base`: training concepts only,
+    none of a novel family) and save it to `out` (a base folder). Returns metrics."""
     import time
 
     from tqdm.auto import tqdm
 
-    from weightgen.concepts import EVAL_SEED_OFFSET, base_concepts, make_pairs
+    from weightgen.concepts import EVAL_SEED_OFFSET, Splits, make_pairs
     from weightgen.gan.train import evaluate, pretrain_base
     from weightgen.text import get_encoder
 
-    concepts = base_concepts()
+    concepts = list(Splits.of(preset).base)
     encoder = get_encoder(preset.text_model, preset.gan.max_text_tokens)
     text = encoder.encode([c.text for c in concepts])
     size = preset.gan.image_size
