@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from _configs import PLAIN
 
 from weightgen.cli import main
 from weightgen.concepts import concepts
@@ -18,11 +19,23 @@ def _run(capsys, *argv):
 
 
 def test_concepts_list(capsys):
-    rc, out, _ = _run(capsys, "concepts", "list", "--split", "heldout")
-    lines = out.strip().splitlines()
-    assert rc == 0 and len(lines) == len(concepts("heldout"))
-    cid, family, text = lines[0].split("\t")
-    assert cid == concepts("heldout")[0].id and family and text
+    from weightgen.concepts import Splits
+    from weightgen.config import load_config
+
+    splits = Splits.of(load_config("tiny"))  # the default recipe's splits
+    for split in ("heldout", "novel", "validation", "train"):
+        rc, out, _ = _run(capsys, "concepts", "list", "--split", split)
+        lines = out.strip().splitlines()
+        assert rc == 0 and [ln.split("\t")[0] for ln in lines] == [
+            c.id for c in splits.concepts(split)
+        ]
+        cid, family, text = lines[0].split("\t")
+        assert family and text
+    rc, out, _ = _run(capsys, "concepts", "list")  # no split: the whole catalogue
+    assert rc == 0 and len(out.strip().splitlines()) == len(concepts())
+    # a recipe with no novel family: the held-out split is the catalogue's
+    rc, out, _ = _run(capsys, "concepts", "list", "--split", "heldout", "--config", PLAIN)
+    assert len(out.strip().splitlines()) == len(concepts("heldout"))
 
 
 def test_concepts_show_writes_png(capsys, tmp_path):

@@ -34,7 +34,7 @@ def test_shipped_recipes_load_and_hold_the_measured_chain():
     assert tiny.bench.blend == (0.25, 0.5, 0.75)  # candidates, chosen on validation
     # demo extends tiny: its own cuts, the rest inherited
     assert demo.name == "demo" and demo.gan == tiny.gan and demo.generator.text_noise == 0.5
-    assert (demo.collect.limit, demo.generator.max_steps, demo.bench.concepts) == (24, 300, 3)
+    assert (demo.collect.limit, demo.generator.max_steps, demo.bench.concepts) == (20, 200, 2)
     assert demo.split == tiny.split and demo.bench.blend == () and demo.generator.image_loss == 0
     assert paper.gan.image_size == 256 and paper.generator.zero_stage == 2
     for p in (tiny, demo, paper):  # every section typed, and a saved copy reads back the same

@@ -515,6 +515,14 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
     assert result["summary"]["methods"]["generated"]["psnr_step0"] is not None
     for name in ("report.md", "curves.png", "step0.png", "speedup.png", "grid.png", "timings.json"):
         assert (demo / "report" / name).is_file(), name
+    # a rerun resumes: every stage reused, the fine-tuned concept read back as it was saved
+    again = run_pipeline(demo, recipe)
+    out = capsys.readouterr().out
+    assert "generator: reusing" in out and "fine-tunes: reusing 1 finished concepts" in out
+    assert again["runs"] == rep["runs"]
+    # the novel split of a run whose recipe holds no family out: one line, exit 2
+    rc = main(["benchmark", "--out", str(demo), "--config", PLAIN, "--split", "novel"])
+    _one_line_error(capsys, rc, "the recipe's novel split is empty")
 
 
 def concepts_heldout():

@@ -58,7 +58,9 @@ class BenchConfig:
     seed: int = 0
     finetune: bool = True  # False: step-0 table (and ablations) only
     concepts: int | None = None  # at most this many fine-tuned held-out concepts (None: all chosen)
-    step0_concepts: int | None = None  # at most this many held-out concepts at step 0 (None: all)
+    step0_concepts: int | None = (
+        None  # at most this many at step 0, families interleaved (None: all)
+    )
     fid_weights: str | None = None  # local Inception weights (torch-fidelity format): adds FID
 
     def __post_init__(self):

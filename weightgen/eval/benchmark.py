@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from weightgen.config import BLENDED, REFINED, BenchConfig
+from weightgen.config import BLENDED, REFINED, BenchConfig, Preset
 from weightgen.errors import WeightgenError
 from weightgen.eval.ablations import (
     SAMPLING,
@@ -39,33 +39,49 @@ def run_benchmark(
     ablations: Sequence[str] = (),
     title: str = "weightgen held-out benchmark (tiny preset)",
 ) -> dict:
-    from weightgen.concepts import Splits
+    from weightgen.concepts import Splits, interleave
     from weightgen.eval.finetunes import FinetuneCache
     from weightgen.eval.inits import method_inits, tune_choices
     from weightgen.eval.report import save_image_grid, summarise, write_report
 
     cfg = cfg or BenchConfig()
     run, out = Path(run), Path(out)
+    # the splits are the run's own (its base's recipe): checked before anything loads
+    splits = Splits.of(Preset.load(run / "base" / "config.json"))
+    held = splits.concepts(cfg.split)
+    if cfg.step0_concepts is not None:  # a subset spread over the families
+        held = interleave(held)[: cfg.step0_concepts]
+    if not held:
+        raise WeightgenError(
+            f"the recipe's {cfg.split} split is empty: the run's base was trained with no "
+            "[split] novel_families"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
     ctx = BenchContext(run, Path(generator) if generator else None, cfg.empty_text)
     preset = ctx.preset
-    splits = Splits.of(preset)
-    held = splits.concepts(cfg.split)[: cfg.step0_concepts]
-    if not held:
-        raise WeightgenError(
-            f"the recipe's {cfg.split} split is empty: name families under [split] novel_families"
-        )
     methods = cfg.trained
     initialised = [m for m in methods if m not in ("scratch", "lora-zero")]
 
     # 0. the tuned choices (k, blend weight, noise scale) on the validation split
     choices = tune_choices(ctx, cfg, methods)
 
-    # 1. step 0 of every method on every evaluated concept
+    # 1. step 0 of every method on every evaluated concept; best-by-loss (a forward pass of every
+    # training LoRA per concept) only on the concepts that are fine-tuned
+    chosen = select_concepts(held, cfg.per_family, cfg.skip_per_family) if cfg.finetune else []
+    chosen = chosen[: cfg.concepts]
     step0_methods = list(dict.fromkeys(["generated", "nearest", "mean", *initialised]))
-    inits, offsets, info = method_inits(ctx, held, step0_methods, cfg, choices)
+    costly = [m for m in step0_methods if m == "best-by-loss"]
+    cheap = [m for m in step0_methods if m not in costly]
+    inits, offsets, info = method_inits(ctx, held, cheap, cfg, choices)
+    if costly:
+        at = [held.index(c) for c in chosen]
+        ci, co, cn = method_inits(ctx, chosen, costly, cfg, choices)
+        for m in costly:
+            inits[m], offsets[m], info[m] = [None] * len(held), [0.0] * len(held), [{}] * len(held)
+            for j, i in enumerate(at):
+                inits[m][i], offsets[m][i], info[m][i] = ci[m][j], co[m][j], cn[m][j]
     per_text_s = offsets["generated"][0]
     t0 = time.perf_counter()
     ctx.generate([held[0].text + " "], cfg.sample_steps)  # one uncached concept alone
@@ -85,8 +101,6 @@ def run_benchmark(
     lrs = {m: cfg.lrs.get(m, sweep["best"].get(m, preset.concept.lr)) for m in methods}
 
     # 3. fine-tunes, each concept saved as it finishes (a rerun resumes)
-    chosen = select_concepts(held, cfg.per_family, cfg.skip_per_family) if cfg.finetune else []
-    chosen = chosen[: cfg.concepts]
     cache = FinetuneCache(out)
     jobs, keys = [], []
     for c in chosen:
@@ -227,6 +241,19 @@ def run_benchmark(
             f"on {e['time_s']['never']} of {e['concepts']}{vs_near}"
         )
 
+    def tuned_line() -> str:
+        parts = []
+        if "knn-blend" in methods:
+            parts.append(f"knn-blend k = {choices.knn_k}")
+        if BLENDED in methods:
+            parts.append(f"blend weight {choices.blend:g}")
+        if "nearest-noise" in methods:
+            parts.append(
+                f"nearest-noise scale {choices.noise:.3g} std (the generator's median distance "
+                "from the nearest LoRA)"
+            )
+        return ", ".join(parts) or "nothing (no tuned method)"
+
     def shares(w: dict[str, float]) -> str:
         return ", ".join(f"{k} {100 * v:.0f}%" for k, v in w.items())
 
@@ -236,7 +263,7 @@ def run_benchmark(
         "config": cfg.to_dict(),
         "split": {"evaluated": cfg.split, **splits.describe()},
         "choices": choices.to_dict(),
-        "inits": {m: dict(zip([c.id for c in held], v)) for m, v in info.items() if any(v)},
+        "inits": {m: {c.id: x for c, x in zip(held, v) if x} for m, v in info.items() if any(v)},
         "learning_rates": lrs,
         "sweep": sweep,
         "one_off_cost": cost,
@@ -282,10 +309,7 @@ def run_benchmark(
             "learning rates (sweep on the validation split)": ", ".join(
                 f"{k} {v:g}" for k, v in lrs.items()
             ),
-            f"tuned on the {choices.source}": f"knn-blend k = {choices.knn_k}, "
-            + (f"blend weight {choices.blend:g}, " if choices.blend is not None else "")
-            + f"nearest-noise scale {choices.noise:.3g} std (the generator's median distance "
-            "from the nearest LoRA)",
+            f"tuned on the {choices.source}": tuned_line(),
             "one-off cost": cost_line(cost),
             "paid back after (new concepts)": payback_line(saved),
             **(

@@ -85,7 +85,8 @@ def table_markdown(table: dict, *, reference: str = REFERENCE) -> list[str]:
         if not e:
             return "—"
         ci = e["ci95"]
-        return f"{num(e['median'])}× ({num(ci['low'])}–{num(ci['high'])})"
+        x = "×" if e["median"] is not None else ""
+        return f"{num(e['median'])}{x} ({num(ci['low'])}–{num(ci['high'])})"
 
     lines = [
         f"Target: {table['target']}; {table['concepts']} concepts every method ran on. "

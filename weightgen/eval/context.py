@@ -73,7 +73,8 @@ def step0_table(
 ) -> dict:
     """{concept: {method: {"psnr", "ssim"}}} at step 0. One base + LoRA model per concept, the
     LoRA swapped in place. `tb`: the held-out texts' TextBatch; `nearest`: `find_nearest`'s
-    answer for them; `extra`: more {method: one LoRA per held-out concept} rows."""
+    answer for them; `extra`: more {method: one LoRA per held-out concept (None: no row for
+    that concept)} rows."""
     from weightgen.eval.newconcept import eval_pairs
     from weightgen.gan import build_concept_model, evaluate, load_lora
 
@@ -88,7 +89,7 @@ def step0_table(
             ("generated", gen[i]),
             ("nearest", nearest[c.id]["lora"]),
             ("mean", ctx.baselines.mean_lora),
-            *((k, v[i]) for k, v in (extra or {}).items()),
+            *((k, v[i]) for k, v in (extra or {}).items() if v[i] is not None),
         ):
             load_lora(g, lora)
             p, s = evaluate(g, x, y, tb.tokens[i][None], tb.mask[i][None])

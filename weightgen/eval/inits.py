@@ -140,40 +140,53 @@ def method_inits(
     choices: Choices,
 ) -> tuple[dict[str, list], dict[str, list[float]], dict[str, list[dict]]]:
     """({method: initial LoRA per concept (None: trained from its own init)}, {method: seconds
-    per concept added to its time (sampling, scoring)}, {method: per concept, what it came from}).
+    per concept added to its time (sampling, retrieval, scoring)}, {method: per concept, what it
+    came from}).
     Scratch and lora-zero get None; every other method of `methods` a LoRA."""
     from weightgen.eval.newconcept import train_pairs
     from weightgen.initial import blend_loras
 
     n = len(concepts)
     texts = [c.text for c in concepts]
-    tb = ctx.enc.encode(texts)
     inits: dict[str, list] = {m: [None] * n for m in methods}
     offsets: dict[str, list[float]] = {m: [0.0] * n for m in methods}
     info: dict[str, list[dict]] = {m: [{} for _ in range(n)] for m in methods}
-    near = [ctx.baselines.nearest(tb.pooled[i], exclude=c.id) for i, c in enumerate(concepts)]
+    # retrieval is timed as sampling is: the batch's text encoding and search, per concept
+    t0 = time.perf_counter()
+    tb = ctx.enc.encode(texts)
+    encode_s = (time.perf_counter() - t0) / n
+    near, near_s = [], []
+    for i, c in enumerate(concepts):
+        t0 = time.perf_counter()
+        near.append(ctx.baselines.nearest(tb.pooled[i], exclude=c.id))
+        near_s.append(encode_s + time.perf_counter() - t0)
     gen, per_text_s = None, 0.0
     if {"generated", BLENDED, "nearest-noise"} & set(methods) or REFINED in methods:
         gen, per_text_s = ctx.generate(texts, cfg.sample_steps)
     for i, c in enumerate(concepts):
         lora, cid, sim = near[i]
         if "nearest" in methods:
-            inits["nearest"][i] = lora
+            inits["nearest"][i], offsets["nearest"][i] = lora, near_s[i]
             info["nearest"][i] = {"concept": cid, "similarity": sim}
         if "mean" in methods:
             inits["mean"][i] = ctx.baselines.mean_lora
         if "generated" in methods:
             inits["generated"][i], offsets["generated"][i] = gen[i], per_text_s
         if BLENDED in methods:
+            t0 = time.perf_counter()
             inits[BLENDED][i] = blend_loras(gen[i], lora, choices.blend)
-            offsets[BLENDED][i] = per_text_s
+            offsets[BLENDED][i] = per_text_s + near_s[i] + time.perf_counter() - t0
         if "knn-blend" in methods:
+            t0 = time.perf_counter()
             inits["knn-blend"][i], used = ctx.baselines.knn(tb.pooled[i], choices.knn_k, c.id)
+            offsets["knn-blend"][i] = encode_s + time.perf_counter() - t0
             info["knn-blend"][i] = {"neighbours": used}
         if "nearest-noise" in methods:
+            t0 = time.perf_counter()
             inits["nearest-noise"][i] = _noise(
                 lora, ctx.baselines.std_lora, choices.noise, f"{cfg.seed}:{c.id}"
             )
+            offsets["nearest-noise"][i] = near_s[i] + time.perf_counter() - t0
             info["nearest-noise"][i] = {"concept": cid, "noise": choices.noise}
     if REFINED in methods:
         refined, s = ctx.generate(

@@ -47,7 +47,8 @@ def pool_reports(paths: list[str | Path], out: str | Path, title: str | None = N
     pooled.update(summarise(first["step0"], runs), runs=runs)
     pooled["pooled_from"] = [str(p) for p in paths]
     pooled["headline"] = dict(first.get("headline", {}))
-    pooled["headline"]["held-out concepts"] = (
+    key = next((k for k in pooled["headline"] if k.endswith("concepts")), "held-out concepts")
+    pooled["headline"][key] = (
         f"{len(first['step0'])} at step 0, {len(runs)} fine-tuned (pooled from "
         f"{len(paths)} reports of one run on disjoint concepts)"
     )
