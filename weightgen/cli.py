@@ -330,6 +330,32 @@ def cmd_finetune(args) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
+def cmd_new_concept(args) -> int:
+    from weightgen.adapt import describe, new_concept
+
+    s = new_concept(args.pairs, args.text, args.out, model=args.model, init=args.init,
+                    steps=args.steps, compare=args.compare, overrides=tuple(args.set))  # fmt: skip
+    print(f"{describe(s)}; wrote {args.out}")
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from weightgen.adapt import ModelDir, default_model
+    from weightgen.api import Base, LoRA
+    from weightgen.apply import edit_files, list_images
+
+    lora = LoRA.from_pretrained(args.lora)
+    files = list_images(args.images)
+    md = ModelDir.find(args.model if args.model else default_model())
+    base = Base.from_pretrained(md.base)
+    editor = base.editor(lora, args.text)  # a LoRA of another layout fails here, in one line
+    out = Path(args.out)
+    check_dir_writable(out)
+    n = sum(1 for _ in edit_files(editor, files, out, mode=args.mode))
+    print(f"edited {n} image(s) with {args.lora} ({args.mode} mode) -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from weightgen.config import add_config_args
     from weightgen.eval.command import add_evaluate_parser
@@ -469,6 +495,53 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--out", required=True)
     add_config_args(pf, default=None)  # None: the run's own recipe, saved with its base
     pf.set_defaults(func=cmd_finetune)
+
+    pn = sub.add_parser(
+        "new-concept",
+        help="train a LoRA for your own edit: a folder of before/after pairs and a sentence",
+    )
+    pn.add_argument("--pairs", required=True, help="A/ and B/ with matching names, or AB images")
+    pn.add_argument("--text", required=True, help="one sentence describing the edit")
+    pn.add_argument("--out", required=True, help="output folder (LoRA, adapter/, curves, preview)")
+    pn.add_argument(
+        "--init",
+        choices=("generated", "nearest", "blended", "zero"),
+        default="generated",
+        help="initial LoRA (default generated; nearest/blended need the run's dataset/)",
+    )
+    pn.add_argument(
+        "--steps", type=int, default=None, help="train this many steps (default: until plateau)"
+    )
+    pn.add_argument(
+        "--model", default=None, help="run or model folder (default: models/tiny, else runs/demo)"
+    )
+    pn.add_argument(
+        "--compare", action="store_true", help="also train LoRA-from-zero, report the speed-up"
+    )
+    pn.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="change a concept.* or sample.* field, e.g. concept.lr=0.001",
+    )
+    pn.set_defaults(func=cmd_new_concept)
+
+    pp = sub.add_parser("apply", help="edit photos with a LoRA (any size; tiled or resized)")
+    pp.add_argument("--lora", required=True, help="LoRA .safetensors file or PEFT adapter folder")
+    pp.add_argument("--images", required=True, help="an image file or a folder of images")
+    pp.add_argument("--out", required=True, help="output folder (one PNG per image)")
+    pp.add_argument(
+        "--model", default=None, help="run or model folder (default: models/tiny, else runs/demo)"
+    )
+    pp.add_argument("--text", default=None, help="the concept's sentence (default: the LoRA's)")
+    pp.add_argument(
+        "--mode",
+        choices=("tile", "resize"),
+        default="tile",
+        help="tile: full resolution in overlapping tiles; resize: whole frame at the model's size",
+    )
+    pp.set_defaults(func=cmd_apply)
     return p
 
 

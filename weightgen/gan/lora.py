@@ -130,7 +130,8 @@ def load_lora(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise LayoutMismatchError(
-                f"LoRA tensor {k} has shape {tuple(sd[k].shape)}, the base expects {tuple(v.shape)}"
+                f"LoRA does not fit this base: {k} has shape {tuple(sd[k].shape)}, the base expects "
+                f"{tuple(v.shape)}"
             )
     result = set_peft_model_state_dict(model, {k: v.float() for k, v in sd.items()})
     bad = [k for k in getattr(result, "unexpected_keys", []) if ".lora_" in k]
