@@ -688,3 +688,43 @@ def test_readme_python_example_runs(run, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
     assert scope["edited"][0].shape == (3, 40, 48)
     assert (tmp_path / "sepia-adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_collect_from_a_pairs_root_and_an_editor(run, tmp_path, capsys):
+    """`weightgen collect --pairs-root DIR --editor PATH --instruction TEXT`: the user's folder and a
+    local diffusers editing pipeline collected like catalogue concepts, through Ray."""
+    from test_sources import _tiny_pipeline
+
+    from weightgen.collect import Ledger
+    from weightgen.data import load_all, open_storage
+
+    root = tmp_path / "mine"
+    _pairs_folder(root / "green-poster")
+    (root / "green-poster" / "text.txt").write_text("quantise the colours and tint them green\n")
+    _tiny_pipeline(tmp_path / "ip2p")
+    argv = ["collect", "--base", str(run / "base"), "--out", str(tmp_path / "ds"),
+            "--pairs-root", str(root), "--editor", str(tmp_path / "ip2p"),
+            "--instruction", "make it look like winter", "--workers", "2"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "/2 concepts" in out, out  # only the two sources: no catalogue concept joins them
+    want = {"pairs-green-poster-s0", "edit-make-it-look-like-winter-s0"}
+    ledger = Ledger(open_storage(str(tmp_path / "ds")))
+    status = {ledger.read(cid, st)["key"]: st for cid, st in ledger.scan().items()}
+    assert set(status) == want and set(status.values()) <= {"done", "rejected"}
+    keys, blocks, _, metas = load_all(str(tmp_path / "ds"))
+    assert set(keys) == {k for k, st in status.items() if st == "done"}
+    assert {m["text"] for m in metas} <= {"quantise the colours and tint them green",
+                                          "make it look like winter"}  # fmt: skip
+    # a concept folder without its sentence: one line, exit 2, no data set started
+    (root / "no-text").mkdir()
+    argv = ["collect", "--base", str(run / "base"), "--out", str(tmp_path / "ds2"),
+            "--pairs-root", str(root)]  # fmt: skip
+    _one_line_error(capsys, main(argv), "no-text has no text.txt")
+    assert not (tmp_path / "ds2").exists()
+    argv = ["collect", "--base", str(run / "base"), "--out", str(tmp_path / "ds2"),
+            "--instruction", "add fog"]  # fmt: skip
+    _one_line_error(capsys, main(argv), "--editor PATH and --instruction")
+    assert not (tmp_path / "ds2").exists()

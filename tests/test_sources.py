@@ -13,6 +13,8 @@ from weightgen.concepts.sources import (
     FolderPairs,
     PairSourceError,
     open_pair_folder,
+    open_pairs_root,
+    pair_sources,
 )
 
 
@@ -215,3 +217,56 @@ def test_instruct_pix2pix_pipeline_source(tmp_path):
     (tmp_path / "notapipe").mkdir()
     with pytest.raises(PairSourceError, match="no model_index.json"):
         DiffusionEditPairs.open(tmp_path / "notapipe", "t")
+
+
+def test_pairs_root_one_concept_per_sub_folder(tmp_path):
+    root = tmp_path / "mine"
+    _ab_folder(root / "invert")
+    (root / "invert" / "text.txt").write_text("invert the colours\n\nmake a negative\n")
+    side = root / "side by side"
+    side.mkdir(parents=True)
+    for k in range(6):
+        a = _photo(k)
+        Image.fromarray(np.concatenate([a, 255 - a], axis=1)).save(side / f"{k}.png")
+    (side / "text.txt").write_text("negative film look")
+    (root / ".hidden").mkdir()  # ignored, like any dot-folder
+    inv, sbs = open_pairs_root(root)
+    assert (inv.id, inv.text, inv.paraphrases) == ("pairs-invert", "invert the colours",
+                                                   ("make a negative",))  # fmt: skip
+    assert (sbs.id, sbs.text, sbs.layout) == (
+        "pairs-side-by-side",
+        "negative film look",
+        "side-by-side",
+    )
+    _check_inverted(inv)
+    _check_inverted(sbs)
+    assert [s.id for s in pair_sources(str(root))] == ["pairs-invert", "pairs-side-by-side"]
+
+    (root / "more").mkdir()
+    with pytest.raises(
+        PairSourceError, match=r"more has no text.txt: write the concept's sentence"
+    ):
+        open_pairs_root(root)
+    (root / "more" / "text.txt").write_text("\n  \n")
+    with pytest.raises(PairSourceError, match=r"text.txt is empty"):
+        open_pairs_root(root)
+    with pytest.raises(PairSourceError, match="has no sub-folders"):
+        open_pairs_root(tmp_path / "mine" / "invert" / "A")
+    with pytest.raises(PairSourceError, match="does not exist"):
+        open_pairs_root(tmp_path / "nowhere")
+
+
+def test_editor_sources_from_the_command_line(tmp_path):
+    _tiny_pipeline(tmp_path / "ip2p")
+    lines = tmp_path / "instructions.txt"
+    lines.write_text("make it look like winter\n\nturn it to dusk\n")
+    got = pair_sources(editor=str(tmp_path / "ip2p"), instructions=["add fog"],
+                       instructions_file=str(lines))  # fmt: skip
+    assert [s.text for s in got] == ["add fog", "make it look like winter", "turn it to dusk"]
+    assert all(isinstance(s, DiffusionEditPairs) for s in got)
+    with pytest.raises(PairSourceError, match="--editor PATH and --instruction"):
+        pair_sources(editor=str(tmp_path / "ip2p"))
+    with pytest.raises(PairSourceError, match="--editor PATH and --instruction"):
+        pair_sources(instructions=["add fog"])
+    with pytest.raises(PairSourceError, match="cannot read"):
+        pair_sources(editor=str(tmp_path / "ip2p"), instructions_file=str(tmp_path / "none.txt"))

@@ -83,6 +83,7 @@ def cmd_base(args) -> int:
 
 def cmd_collect(args) -> int:
     from weightgen.collect import collect
+    from weightgen.concepts.sources import pair_sources
     from weightgen.config import load_config, only_sections
 
     base = Path(args.base) if args.base else Path("runs") / "demo" / "base"
@@ -90,10 +91,12 @@ def cmd_collect(args) -> int:
     # run's own recipe (saved with its base) or of --config, with --set collect.FIELD on top;
     # the data set's config.json records the result
     only_sections(args.set, ("collect",), "collect")
+    sources = pair_sources(args.pairs_root, args.editor, args.instruction, args.instructions)
     s = collect(
         out=args.out,
         base=base,
-        concept_ids=args.concept,
+        concept_ids=args.concept if args.concept or not sources else [],
+        sources=sources,
         address=args.address,
         num_workers=args.workers,
         collect_cfg=None if args.config is None else load_config(args.config).collect,
@@ -399,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument(
         "--concept", action="append", default=None, help="collect this concept id (repeatable)"
     )
+    pk.add_argument("--pairs-root", default=None, help="your concepts: one sub-folder each "
+                    "(A/ and B/, or AB images) with its sentence in text.txt")  # fmt: skip
+    pk.add_argument("--editor", default=None, help="a local diffusers image-editing pipeline "
+                    "folder (InstructPix2Pix style): one concept per instruction")  # fmt: skip
+    pk.add_argument("--instruction", action="append", help="an edit instruction for --editor")
+    pk.add_argument("--instructions", default=None, help="a file of instructions, one per line")
     pk.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     pk.add_argument("--workers", type=int, default=None, help="local Ray CPUs (default: all cores)")
     pk.set_defaults(func=cmd_collect)

@@ -32,7 +32,14 @@ from weightgen.concepts.images import random_crops
 from weightgen.concepts.pairs import PAIR_SPLITS
 from weightgen.errors import WeightgenError
 
-__all__ = ["DiffusionEditPairs", "FolderPairs", "PairSourceError", "open_pair_folder"]
+__all__ = [
+    "DiffusionEditPairs",
+    "FolderPairs",
+    "PairSourceError",
+    "open_pair_folder",
+    "open_pairs_root",
+    "pair_sources",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 EVAL_EVERY = 5  # FolderPairs: every 5th file (sorted) is held out for the "eval" split
@@ -241,6 +248,61 @@ def open_pair_folder(
         direction,
         tuple(paraphrases),
     )
+
+
+def open_pairs_root(path: str | os.PathLike) -> list[FolderPairs]:
+    """One FolderPairs per sub-folder of ``path`` holding a ``text.txt``: its first line is the
+    concept text, further non-empty lines paraphrases; the id is ``pairs-<sub-folder name>``."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise PairSourceError(f"pairs root {root} does not exist (or is not a folder)")
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subs:
+        raise PairSourceError(
+            f"pairs root {root} has no sub-folders: give one folder per concept, each with its "
+            "pairs and a text.txt"
+        )
+    out = []
+    for sub in subs:
+        text_file = sub / "text.txt"
+        if not text_file.is_file():
+            raise PairSourceError(
+                f"{sub} has no text.txt: write the concept's sentence on its first line"
+            )
+        lines = [ln.strip() for ln in text_file.read_text(encoding="utf-8").splitlines()]
+        lines = [ln for ln in lines if ln]
+        if not lines:
+            raise PairSourceError(f"{text_file} is empty: write the concept's sentence in it")
+        out.append(
+            open_pair_folder(
+                sub, lines[0], id=f"pairs-{_slug(sub.name)}", paraphrases=tuple(lines[1:])
+            )
+        )
+    return out
+
+
+def pair_sources(
+    pairs_root: str | None = None,
+    editor: str | None = None,
+    instructions: list[str] | None = None,
+    instructions_file: str | None = None,
+) -> list:
+    """The command line's pair sources: every concept folder under ``pairs_root``, and one
+    ``DiffusionEditPairs`` of the pipeline ``editor`` per instruction (given, or one per line of
+    ``instructions_file``)."""
+    texts = list(instructions or [])
+    if instructions_file:
+        try:
+            lines = Path(instructions_file).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise PairSourceError(f"cannot read {instructions_file}: {e.strerror}") from None
+        texts += [ln.strip() for ln in lines if ln.strip()]
+    if bool(texts) != bool(editor):
+        raise PairSourceError(
+            "--editor PATH and --instruction TEXT (or --instructions FILE) go together"
+        )
+    sources: list = open_pairs_root(pairs_root) if pairs_root else []
+    return sources + [DiffusionEditPairs.open(editor, t) for t in texts]
 
 
 # ------------------------------------------------------------------------------------------------
