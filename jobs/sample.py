@@ -213,8 +213,12 @@ GENERATOR_FILES = ("generator.json", "layout.json", "stats.safetensors")
 
 def pack_generator(root: str | os.PathLike) -> dict[str, bytes]:
     """A generator export's files {relative path: bytes} (what load_generator reads)."""
+    from weightgen.diffusion.neighbors import BANK_FILE
+
     root = Path(root)
     files = {name: (root / name).read_bytes() for name in GENERATOR_FILES}
+    if (root / BANK_FILE).is_file():  # a retrieval-augmented generator's bank
+        files[BANK_FILE] = (root / BANK_FILE).read_bytes()
     for p in sorted((root / "model").iterdir()):
         if p.is_file():
             files[f"model/{p.name}"] = p.read_bytes()

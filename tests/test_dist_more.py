@@ -43,7 +43,7 @@ def check_run(out: Path, summary: dict, stage: int, steps: int) -> None:
     last = out / "checkpoints" / f"step-{steps:07d}"
     assert (last / "COMPLETE").is_file()
     assert len(list(last.rglob("zero_pp_rank_1*"))) >= 1  # rank 1 saved its partition
-    model, layout, _, meta = load_generator(out)
+    model, layout, _, meta, _ = load_generator(out)
     assert meta["summary"]["zero_stage"] == stage and model.config.num_blocks == layout.num_blocks
     assert sorted(losses(out)) == list(range(1, steps + 1))
 

@@ -281,6 +281,9 @@ def test_ablation_names_are_checked_and_refine_takes_a_strength():
     with pytest.raises(ConfigError, match="unknown ablation 'refinex'.*refineS.*blendA"):
         check_ablations(["refinex"])
     assert check_ablations(["blend0.25", "blend.75"]) == ["blend0.25", "blend.75"]
+    assert check_ablations(["neighbors4"]) == ["neighbors4"]
+    with pytest.raises(ConfigError, match="retrieve at least 1 neighbour"):
+        check_ablations(["neighbors0"])
     assert blend_weight("blend0.25") == 0.25 and blend_weight("refine0.3") is None
     for bad in ("blend0", "blend1", "blend1.5"):
         with pytest.raises(ConfigError, match=r"blend weight must be in \(0, 1\)"):

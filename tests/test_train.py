@@ -148,7 +148,7 @@ def test_checkpoints_complete_and_pruned(trained):
 
 def test_generate_lora_matches_the_layout(trained, dataset):
     out, _ = trained
-    model, layout, stats, meta = load_generator(out)
+    model, layout, stats, meta, _ = load_generator(out)
     assert layout == BlockLayout.from_dict(json.loads((dataset / "layout.json").read_text()))
     assert not model.training and stats.layout_hash == layout.hash
     texts = ["make it warmer", "make it look like a pencil sketch"]
@@ -172,7 +172,7 @@ def test_generate_lora_is_sample_then_reassemble(trained):
     """generate_lora = sample_blocks (seeded) -> de-normalise with the stats -> unflatten."""
     out, _ = trained
     bundle = load_generator(out)
-    model, layout, stats, _ = bundle
+    model, layout, stats, _, _ = bundle
     tb = StubEncoder().encode(["a", "bb"])
     blocks = sample_blocks(
         model, tb.pooled, tb.tokens, tb.mask, generator=torch.Generator().manual_seed(3),

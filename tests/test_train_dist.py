@@ -84,5 +84,5 @@ def test_two_ranks_zero2_checkpoint_resume(tmp_path):
     for step in range(1, 11):
         assert got[step] == pytest.approx(want[step], rel=RTOL), step
 
-    model, layout, _, meta = load_generator(run)
+    model, layout, _, meta, _ = load_generator(run)
     assert meta["summary"]["world_size"] == 2 and model.config.num_blocks == layout.num_blocks

@@ -13,7 +13,7 @@ LOSS_WEIGHTS = ("uniform", "sensitivity")  # TrainConfig.loss_weight
 # config values that fix the model or the data order: a resumed run must keep them
 _RESUME_FIXED = (
     "size", "per_block", "use_block_index", "model_overrides", "batch_size", "seed", "stream",
-    "paraphrases", "loss_weight",
+    "paraphrases", "loss_weight", "neighbors", "neighbor_family_drop",
 )  # fmt: skip
 # ... and, when streaming, these too (the DataLoader workers set the number of stream parts)
 _RESUME_FIXED_STREAM = ("epoch_samples", "shuffle_buffer", "num_workers")
@@ -83,6 +83,13 @@ class TrainConfig:
     # collected): the map from text to weights is learnt again from a trained network. A resumed
     # run takes its weights from its checkpoint and ignores this. None: random init
     init_from: str | None = None  # stored absolute: the benchmark finds it again to count its cost
+    # retrieval as conditioning (weightgen.diffusion.neighbors): the K training concepts nearest in
+    # text join the model's input and its prediction starts from their similarity-weighted blend;
+    # in training a sample never retrieves its own concept, and with probability
+    # `neighbor_family_drop` nothing of its own family (as for a concept of an unseen family).
+    # 0: text only. In-memory data sets only
+    neighbors: int = 0
+    neighbor_family_drop: float = 0.0
 
     def image_loss_weight(self, step: int) -> float:
         """The image loss's weight at (0-based) training step `step`."""
@@ -134,6 +141,10 @@ class TrainConfig:
             raise ConfigError("ema_decay and cond_drop_prob must be in [0, 1)")
         if not 0.0 <= self.last_t_frac <= 1.0:
             raise ConfigError(f"last_t_frac must be in [0, 1], got {self.last_t_frac}")
+        if self.neighbors < 0 or not 0.0 <= self.neighbor_family_drop <= 1.0:
+            raise ConfigError("neighbors must be >= 0 and neighbor_family_drop in [0, 1]")
+        if self.neighbors and self.stream:
+            raise ConfigError("neighbors works on the in-memory data set only; drop stream")
         self.model_overrides = dict(self.model_overrides)
         if self.init_from is not None:
             self.init_from = str(Path(self.init_from).resolve())

@@ -9,6 +9,14 @@ adaLN + Linear(D -> S), zero-initialised, predicts x0: the model outputs exactly
 per_block=True is the paper's mode: every block is its own sequence of length 1, denoised given
 only the text and its index (self-attention over one token; no block sees another).
 
+num_neighbors=K > 0 conditions on retrieval (weightgen.diffusion.neighbors): the K training LoRAs
+nearest in text, as normalised blocks (B, K, N, S), and their text similarities (B, K). Block i of
+every neighbour joins token i (Linear(K*S -> D), so attention stays over N tokens); the
+similarities join c. The prediction is the similarity-weighted blend of the neighbours plus the
+network's output, and a per-block change of the blend weights read from the last hidden state;
+both start at zero, so an untrained model returns the k-nearest blend exactly and training learns
+what to change (copying one neighbour included).
+
 Text dropout: during training a sample's text is replaced with probability `cond_drop_prob` by a
 learned null text (pooled + one token), which `drop_text=True` also selects at sampling time, so
 classifier-free guidance can mix conditional and unconditional predictions.
@@ -142,6 +150,14 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))  # (B, N, S)
 
 
+def blend_weights(sims: Tensor) -> Tensor:
+    """(B, K) text similarities -> (B, K) blend weights: clipped at 0 and normalised, uniform
+    where all are 0 (the k-nearest blend of weightgen.initial.WeightBaselines.knn)."""
+    w = sims.float().clamp_min(0)
+    total = w.sum(dim=1, keepdim=True)  # (B, 1)
+    return torch.where(total > 0, w / total.clamp_min(1e-12), torch.full_like(w, 1 / w.shape[1]))
+
+
 #################################################################################
 #                                  BlockDiT                                     #
 #################################################################################
@@ -149,7 +165,8 @@ class FinalLayer(nn.Module):
 
 class BlockDiT(ModelMixin, ConfigMixin):
     """forward(x (B,N,S), timesteps (B,), text_pooled (B,Dt), text_tokens (B,L,Dt),
-    text_mask (B,L) bool, drop_text (B,) bool | None) -> predicted x0 (B, N, S)."""
+    text_mask (B,L) bool, drop_text (B,) bool | None, neighbors (B,K,N,S) | None,
+    neighbor_sims (B,K) | None) -> predicted x0 (B, N, S)."""
 
     _supports_gradient_checkpointing = True
 
@@ -167,6 +184,7 @@ class BlockDiT(ModelMixin, ConfigMixin):
         per_block: bool = False,
         use_block_index: bool = True,
         cond_drop_prob: float = 0.1,
+        num_neighbors: int = 0,
     ):
         super().__init__()
         if hidden_size % num_heads:
@@ -189,6 +207,13 @@ class BlockDiT(ModelMixin, ConfigMixin):
             [DiTBlock(D, num_heads, mlp_ratio, per_block) for _ in range(depth)]
         )
         self.final = FinalLayer(D, block_size)
+        if num_neighbors < 0:
+            raise ValueError(f"num_neighbors must be >= 0, got {num_neighbors}")
+        if num_neighbors:
+            self.nbr_embed = nn.Linear(num_neighbors * block_size, D)
+            self.sim_embed = nn.Linear(num_neighbors, D)
+            # per block, a change of the neighbours' blend weights (zero-initialised below)
+            self.nbr_mix = nn.Linear(D, num_neighbors)
         self.gradient_checkpointing = False
         self._init_weights()
 
@@ -213,6 +238,9 @@ class BlockDiT(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.final.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
+        if self.config.num_neighbors:
+            nn.init.zeros_(self.nbr_mix.weight)
+            nn.init.zeros_(self.nbr_mix.bias)
 
     def _text(
         self, pooled: Tensor, tokens: Tensor, mask: Tensor, drop: Tensor | None
@@ -240,6 +268,8 @@ class BlockDiT(ModelMixin, ConfigMixin):
         text_tokens: Tensor,
         text_mask: Tensor,
         drop_text: Tensor | None = None,
+        neighbors: Tensor | None = None,
+        neighbor_sims: Tensor | None = None,
     ) -> Tensor:
         B, N, S = x.shape
         cfg = self.config
@@ -247,6 +277,11 @@ class BlockDiT(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"x: expected (B, {cfg.num_blocks}, {cfg.block_size}), got {tuple(x.shape)}"
             )
+        K = cfg.num_neighbors
+        if K and (neighbors is None or neighbor_sims is None):
+            raise ValueError(f"this model is conditioned on {K} retrieved neighbours: pass them")
+        if K and tuple(neighbors.shape) != (B, K, N, S):
+            raise ValueError(f"neighbors: expected {(B, K, N, S)}, got {tuple(neighbors.shape)}")
         if drop_text is None and self.training and cfg.cond_drop_prob > 0:
             drop_text = torch.rand(B, device=x.device) < cfg.cond_drop_prob  # (B,)
         dtype = self.x_embed.weight.dtype
@@ -260,13 +295,22 @@ class BlockDiT(ModelMixin, ConfigMixin):
         if t.shape[0] == 1 and B > 1:
             t = t.expand(B, -1)
         c = t + self.text_pool_embed(pooled)  # (B, D)
+        if K:
+            nb = neighbors.to(dtype)
+            h = h + self.nbr_embed(nb.permute(0, 2, 1, 3).reshape(B, N, K * S))  # (B, N, D)
+            c = c + self.sim_embed(neighbor_sims.to(dtype))  # (B, D)
         ctx = self.text_tok_embed(tokens)  # (B, L, D)
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 h = self._gradient_checkpointing_func(block, h, c, ctx, mask)  # (B, N, D)
             else:
                 h = block(h, c, ctx, mask)  # (B, N, D)
-        return self.final(h, c)  # (B, N, S)
+        out = self.final(h, c)  # (B, N, S)
+        if K:
+            w = blend_weights(neighbor_sims).to(out.dtype)[:, None]  # (B, 1, K)
+            w = w + self.nbr_mix(F.layer_norm(h, (h.shape[-1],)))  # (B, N, K)
+            out = out + torch.einsum("bnk,bkns->bns", w, neighbors.to(out.dtype))
+        return out
 
 
 #################################################################################
@@ -298,4 +342,4 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["SIZES", "BlockDiT", "attention", "block_dit", "count_params"]
+__all__ = ["SIZES", "BlockDiT", "attention", "blend_weights", "block_dit", "count_params"]

@@ -5,6 +5,8 @@ A generator run folder (written by `weightgen.train.train_generator`) holds:
   layout.json         the BlockLayout the blocks follow (with its hash)
   stats.safetensors   per-block mean/std the model's blocks are normalised with
   generator.json      text model, data set URI, layout hash, schedule, train config, final loss
+  neighbors.safetensors  the retrieval bank (weightgen.diffusion.neighbors), for a model
+                      conditioned on retrieved neighbours only
 generator.json is written last: a folder without it is not a (complete) generator.
 """
 
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from weightgen.blocks import BlockLayout, BlockStats, normalize, reassemble
 from weightgen.diffusion.model import BlockDiT
+from weightgen.diffusion.neighbors import BANK_FILE, NeighborBank
 from weightgen.diffusion.schedule import (
     BETA_SCHEDULE,
     NUM_TRAIN_TIMESTEPS,
@@ -43,11 +46,12 @@ class GeneratorError(WeightgenError):
 # --------------------------------------------------------------------------------------------
 
 
-def _predict(model, x, t, pooled, tokens, mask, guidance: float) -> Tensor:
-    """Guided x0 prediction: uncond + g * (cond - uncond); g == 1 skips the null pass."""
+def _predict(model, x, t, pooled, tokens, mask, guidance: float, nb: dict) -> Tensor:
+    """Guided x0 prediction: uncond + g * (cond - uncond); g == 1 skips the null pass. `nb`: a
+    retrieval-augmented model's neighbours (kept in the null pass: only the text is dropped)."""
     B = x.shape[0]
     if guidance == 1.0:
-        return model(x, t, pooled, tokens, mask, drop_text=torch.zeros(B, dtype=torch.bool))
+        return model(x, t, pooled, tokens, mask, drop_text=torch.zeros(B, dtype=torch.bool), **nb)
     drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)])  # (2B,)
     out = model(
         torch.cat([x, x]),
@@ -56,6 +60,7 @@ def _predict(model, x, t, pooled, tokens, mask, guidance: float) -> Tensor:
         torch.cat([tokens, tokens]),
         torch.cat([mask, mask]),
         drop_text=drop.to(x.device),
+        **{k: torch.cat([v, v]) for k, v in nb.items()},
     )  # (2B, N, S)
     cond, uncond = out.float().chunk(2)
     return uncond + guidance * (cond - uncond)  # (B, N, S)
@@ -76,8 +81,13 @@ def sample_blocks(
     beta_schedule: str = BETA_SCHEDULE,
     init: Tensor | None = None,
     strength: float = 1.0,
+    neighbors: Tensor | None = None,
+    neighbor_sims: Tensor | None = None,
 ) -> Tensor:
     """text (B, Dt), (B, L, Dt), (B, L) -> normalised blocks (B, N, S), float32.
+
+    `neighbors` (B, K, N, S) normalised and `neighbor_sims` (B, K): the retrieved training LoRAs
+    a model with config.num_neighbors = K is conditioned on (weightgen.diffusion.neighbors).
 
     steps=1: one x0 prediction from pure noise at t = T-1 (the paper's single denoising step).
     steps>1: DDIM (eta 0) over `steps` trailing timesteps. guidance>1: classifier-free guidance
@@ -103,6 +113,9 @@ def sample_blocks(
     tokens = text_tokens.to(dev)
     mask = text_mask.to(dev, torch.bool)
     v = None if valid is None else valid.to(dev, torch.float32)  # (N, S)
+    nb = {}
+    if neighbors is not None:
+        nb = {"neighbors": neighbors.to(dev), "neighbor_sims": neighbor_sims.to(dev)}
 
     x = _randn((B, cfg.num_blocks, cfg.block_size), generator, dev)  # (B, N, S)
     sched = make_ddim_scheduler(num_train_timesteps, beta_schedule)
@@ -122,11 +135,11 @@ def sample_blocks(
         x = x * v
     if steps == 1:
         t = torch.full((B,), t0, device=dev, dtype=torch.long)
-        x = _predict(model, x, t, pooled, tokens, mask, guidance).float()  # (B, N, S)
+        x = _predict(model, x, t, pooled, tokens, mask, guidance, nb).float()  # (B, N, S)
     else:
         for t in timesteps:
             tt = t.expand(B).to(dev)  # (B,)
-            x0 = _predict(model, x, tt, pooled, tokens, mask, guidance).float()  # (B, N, S)
+            x0 = _predict(model, x, tt, pooled, tokens, mask, guidance, nb).float()  # (B, N, S)
             x = sched.step(x0, t, x, eta=0.0).prev_sample  # (B, N, S)
             if v is not None:
                 x = x * v
@@ -146,6 +159,7 @@ class GeneratorBundle(NamedTuple):
     layout: BlockLayout
     stats: BlockStats
     meta: dict
+    bank: NeighborBank | None = None  # a retrieval-augmented model's training LoRAs
 
 
 def load_generator(
@@ -209,8 +223,19 @@ def load_generator(
             f"S={model.config.block_size}) blocks, layout has (N={layout.num_blocks}, "
             f"S={layout.block_size})"
         )
+    bank = None
+    if model.config.num_neighbors:
+        try:
+            bank = NeighborBank.load(root / BANK_FILE)
+        except (OSError, ValueError, KeyError) as e:
+            raise GeneratorError(
+                f"generator at {root} is conditioned on retrieved neighbours but {BANK_FILE} "
+                f"is missing or unreadable ({str(e).splitlines()[0][:120]}); re-export it"
+            ) from None
+        if tuple(bank.blocks.shape[1:]) != (layout.num_blocks, layout.block_size):
+            raise GeneratorError(f"generator at {root}: {BANK_FILE} is for another layout")
     model = model.to(device).eval()
-    return GeneratorBundle(model, layout, stats.to(device), meta)
+    return GeneratorBundle(model, layout, stats.to(device), meta, bank)
 
 
 def generate_lora(
@@ -231,7 +256,7 @@ def generate_lora(
     LoRA nearest in text), noised to `strength` (see `sample_blocks`).
     """
     bundle = generator if isinstance(generator, GeneratorBundle) else load_generator(generator)
-    model, layout, stats, meta = bundle
+    model, layout, stats, meta, bank = bundle
     if isinstance(texts, str):
         texts = [texts]
     if not texts:
@@ -260,6 +285,10 @@ def generate_lora(
             raise GeneratorError(f"generate_lora: {len(init)} init LoRAs for {len(texts)} texts")
         flat = torch.stack([layout.flatten(sd) for sd in init]).to(dev)  # (B, P)
         x_init = normalize(flat, layout, st.mean, st.std)  # (B, N, S)
+    nb = {}
+    if bank is not None:  # the K training concepts nearest in text (B, K), and their blocks
+        rows, sims = bank.query(pooled, model.config.num_neighbors)
+        nb = {"neighbors": bank.gather(rows).to(dev), "neighbor_sims": sims.to(dev)}
     blocks = sample_blocks(
         model,
         pooled,
@@ -273,6 +302,7 @@ def generate_lora(
         beta_schedule=meta.get("beta_schedule", BETA_SCHEDULE),
         init=x_init,
         strength=strength,
+        **nb,
     )  # (B, N, S) normalised
     flat = reassemble(blocks, layout, st.mean, st.std)  # (B, P) de-normalised
     sd = layout.unflatten(flat.float().cpu())  # {name: (B, *shape)}

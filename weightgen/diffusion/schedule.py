@@ -61,6 +61,7 @@ def diffusion_loss(
     cond_drop_prob: float | None = None,
     last_t_frac: float = 0.0,
     weight: Tensor | None = None,
+    **model_kwargs,
 ) -> Tensor:
     """x0 (B, N, S) normalised clean blocks, valid (N, S) bool -> scalar MSE over valid entries.
 
@@ -71,6 +72,7 @@ def diffusion_loss(
     model's config value), all drawn from `generator` (so a step's randomness is reproducible).
     `last_t_frac` of the samples (in expectation) get t = T-1 instead: the pure-noise input that
     single-step sampling starts from, where only the text (and index) can tell the weights apart.
+    `model_kwargs` go to the model as they are (a retrieval-augmented model's neighbours).
     """
     scheduler = scheduler or make_train_scheduler()
     B, dev = x0.shape[0], x0.device
@@ -89,7 +91,7 @@ def diffusion_loss(
     v = valid.to(device=dev, dtype=torch.float32)  # (N, S)
     x0 = x0.to(torch.float32) * v  # (B, N, S) padding -> 0
     xt = scheduler.add_noise(x0, noise, t) * v  # (B, N, S)
-    pred = model(xt, t, text_pooled, text_tokens, text_mask, drop_text=drop)  # (B, N, S)
+    pred = model(xt, t, text_pooled, text_tokens, text_mask, drop_text=drop, **model_kwargs)
     w = v if weight is None else weight.to(device=dev, dtype=torch.float32) * v  # (N, S)
     err = (pred.to(torch.float32) - x0) ** 2 * w  # (B, N, S)
     return err.sum() / (v.sum() * B)

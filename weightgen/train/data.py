@@ -21,6 +21,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from weightgen.blocks import BlockLayout, BlockStats, blocks_to_flat, normalize
 from weightgen.data import DatasetError, Manifest, iter_samples, open_storage, read_manifest
 from weightgen.data.storage import KeyNotFoundError, StorageError
 from weightgen.errors import WeightgenError
+
+if TYPE_CHECKING:
+    from weightgen.diffusion.neighbors import NeighborBank
 
 
 class TrainError(WeightgenError):
@@ -71,10 +75,29 @@ class TrainData:
     # concept; phrasing 0 is the stored embedding, the rest are meta.json's paraphrases encoded
     # here. None: train on the stored text only.
     alt: Phrasings | None = None
+    # retrieval conditioning (load_train_data(neighbors=K)): one bank entry per training concept,
+    # and every sample's K neighbours retrieved without its own concept ("concept") and, for
+    # neighbor_family_drop, without its own family ("family"): (rows (M, K), similarities (M, K))
+    bank: NeighborBank | None = None
+    neighbor_index: dict[str, tuple[Tensor, Tensor]] | None = None
 
     @property
     def num_samples(self) -> int:
         return self.x0.shape[0]
+
+    def neighbors(
+        self, idx: Tensor, family_drop: float, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Samples idx (b,) -> their neighbours' blocks (b, K, N, S) and similarities (b, K);
+        each sample's own family is left out with probability `family_drop`."""
+        rows, sims = self.neighbor_index["concept"]
+        rows, sims = rows[idx], sims[idx]
+        if family_drop > 0:
+            away = torch.rand(idx.shape[0], generator=generator) < family_drop  # (b,)
+            frows, fsims = self.neighbor_index["family"]
+            rows = torch.where(away[:, None], frows[idx], rows)
+            sims = torch.where(away[:, None], fsims[idx], sims)
+        return self.bank.gather(rows), sims
 
     @property
     def text_dim(self) -> int:
@@ -212,9 +235,13 @@ def _phrasings(
     return Phrasings(out_p, out_t, out_m, count)
 
 
-def load_train_data(uri: str | os.PathLike, *, paraphrases: bool = False) -> TrainData:
+def load_train_data(
+    uri: str | os.PathLike, *, paraphrases: bool = False, neighbors: int = 0, family: bool = False
+) -> TrainData:
     """Read, verify and normalise a whole (small) data set; TrainError with one line on bad input.
-    `paraphrases`: also encode each concept's paraphrases (TrainData.alt) for text augmentation."""
+    `paraphrases`: also encode each concept's paraphrases (TrainData.alt) for text augmentation.
+    `neighbors` K > 0: the retrieval bank and index (TrainData.bank, .neighbor_index); `family`:
+    also the index without each sample's own family."""
     uri = str(uri)
     st, manifest, layout, stats, layout_bytes, stats_bytes = _open_dataset(uri)
 
@@ -259,6 +286,20 @@ def load_train_data(uri: str | os.PathLike, *, paraphrases: bool = False) -> Tra
     alt = (
         _phrasings(metas, pooled_t, tok, mask, _text_model(manifest), uri) if paraphrases else None
     )
+    bank = index = None
+    if neighbors:
+        from weightgen.diffusion.neighbors import NeighborBank
+
+        ids = [m.get("concept_id") or k.rsplit("-s", 1)[0] for m, k in zip(metas, keys)]
+        fams = [m.get("family") or c for m, c in zip(metas, ids)]  # no family: its own
+        bank, own = NeighborBank.from_samples(x0, pooled_t, ids, fams)
+        try:
+            index = bank.training_index(own, neighbors, family)
+        except ValueError as e:
+            raise TrainError(
+                f"data set {uri} ({bank.size} concepts, {len(set(bank.families))} families): "
+                f"cannot retrieve {neighbors} neighbours per sample: {e}"
+            ) from None
     return TrainData(
         uri=st.uri,
         layout=layout,
@@ -274,6 +315,8 @@ def load_train_data(uri: str | os.PathLike, *, paraphrases: bool = False) -> Tra
         layout_bytes=layout_bytes,
         stats_bytes=stats_bytes,
         alt=alt,
+        bank=bank,
+        neighbor_index=index,
     )
 
 
@@ -327,24 +370,39 @@ def batch_positions(n: int, batch: int, step: int, seed: int) -> Tensor:
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Item i = the batch of step `start + i` on this rank: (x0, pooled, tokens, mask). With
-    data.alt, each sample's phrasing is drawn from a generator seeded by (seed, step), so a
-    resumed run sees the same texts as an uninterrupted one."""
+    """Item i = the batch of step `start + i` on this rank: (x0, pooled, tokens, mask), and with
+    data.bank the neighbours' blocks and similarities (TrainData.neighbors). With data.alt, each
+    sample's phrasing is drawn from a generator seeded by (seed, step), so a resumed run sees the
+    same texts (and neighbours) as an uninterrupted one."""
 
     def __init__(
-        self, data: TrainData, rank: int, world: int, batch: int, seed: int, start: int, stop: int
+        self,
+        data: TrainData,
+        rank: int,
+        world: int,
+        batch: int,
+        seed: int,
+        start: int,
+        stop: int,
+        family_drop: float = 0.0,
     ):
         self.data = data
         self.shard = rank_shard(data.num_samples, rank, world)  # (M_r,)
         self.batch, self.seed, self.start, self.stop = batch, seed, start, stop
+        self.family_drop = family_drop
 
     def __len__(self) -> int:
         return max(self.stop - self.start, 0)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
         idx = self.shard[batch_positions(len(self.shard), self.batch, self.start + i, self.seed)]
         d = self.data
         if d.alt is not None:
             g = torch.Generator().manual_seed((1 << 40) + self.seed * 1_000_003 + self.start + i)
-            return (d.x0[idx], *d.alt.pick(idx, g))
-        return d.x0[idx], d.pooled[idx], d.tokens[idx], d.mask[idx]  # (b,N,S) (b,Dt) (b,L,Dt) (b,L)
+            out = (d.x0[idx], *d.alt.pick(idx, g))
+        else:
+            out = d.x0[idx], d.pooled[idx], d.tokens[idx], d.mask[idx]
+        if d.bank is not None:
+            g = torch.Generator().manual_seed((3 << 40) + self.seed * 1_000_003 + self.start + i)
+            out = (*out, *d.neighbors(idx, self.family_drop, g))
+        return out  # (b,N,S) (b,Dt) (b,L,Dt) (b,L) [(b,K,N,S) (b,K)]

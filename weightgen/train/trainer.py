@@ -41,6 +41,7 @@ from weightgen.config.generator import (
     TrainConfig,
 )
 from weightgen.diffusion.model import BlockDiT, block_dit, count_params
+from weightgen.diffusion.neighbors import BANK_FILE
 from weightgen.diffusion.sampler import (
     GENERATOR_JSON,
     LAYOUT_JSON,
@@ -227,6 +228,8 @@ def _export(
     export_ema(BlockDiT, dict(engine.module.config), ema, out / MODEL_DIR)
     (out / LAYOUT_JSON).write_bytes(data.layout_bytes)
     (out / STATS_FILE).write_bytes(data.stats_bytes)
+    if getattr(data, "bank", None) is not None:
+        data.bank.save(out / BANK_FILE)
     _write_json(out / GENERATOR_JSON, meta)  # last: marks the export complete
 
 
@@ -240,7 +243,9 @@ def _batches(data, cfg: TrainConfig, rank: int, world: int, rank_seed: int, star
     `device`): in memory, x0 comes normalised; streamed, raw blocks are normalised on `device`."""
     b = cfg.batch_size // world
     if not cfg.stream:
-        ds = StepBatches(data, rank, world, b, rank_seed, start, cfg.max_steps)
+        ds = StepBatches(
+            data, rank, world, b, rank_seed, start, cfg.max_steps, cfg.neighbor_family_drop
+        )
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.num_workers)
         return loader, lambda x0: x0.to(device)
     epoch_samples = cfg.epoch_samples or data.num_samples
@@ -299,7 +304,13 @@ def _add_image_loss(engine, loss, lam, image_loss, data, cfg, valid, g, device):
     x_t = torch.randn((K, *v.shape), generator=g).to(device) * v  # (K, N, S)
     t = torch.full((K,), NUM_TRAIN_TIMESTEPS - 1, dtype=torch.long, device=device)
     keep = torch.zeros(K, dtype=torch.bool, device=device)
-    pred = engine(x_t, t, pooled.to(device), tokens.to(device), mask.to(device), drop_text=keep)
+    nb = {}
+    if data.bank is not None:
+        blocks, sims = data.neighbors(idx, cfg.neighbor_family_drop, g)
+        nb = {"neighbors": blocks.to(device), "neighbor_sims": sims.to(device)}
+    pred = engine(
+        x_t, t, pooled.to(device), tokens.to(device), mask.to(device), drop_text=keep, **nb
+    )
     mse = image_loss(pred * v, idx, g)
     return loss + lam * mse, _all_mean(mse.item(), device)
 
@@ -333,7 +344,12 @@ def train_generator(
     data = (
         open_stream_data(data_uri)
         if cfg.stream
-        else load_train_data(data_uri, paraphrases=cfg.paraphrases)
+        else load_train_data(
+            data_uri,
+            paraphrases=cfg.paraphrases,
+            neighbors=cfg.neighbors,
+            family=cfg.neighbor_family_drop > 0,
+        )
     )
     loss_weight = (
         load_loss_weights(data_uri, data.layout, data.stats)
@@ -378,6 +394,7 @@ def train_generator(
         per_block=cfg.per_block,
         use_block_index=cfg.use_block_index,
         cond_drop_prob=cfg.cond_drop_prob,
+        num_neighbors=cfg.neighbors,
         **cfg.model_overrides,
     ).to(device)
     if cfg.gradient_checkpointing:
@@ -422,13 +439,16 @@ def train_generator(
     steps_since_log = 0
     engine.train()
     # ---- the step loop -----------------------------------------------------------------------
-    for x0, pooled, tokens, mask in loader:
+    for x0, pooled, tokens, mask, *nbrs in loader:
         g = torch.Generator(device=device).manual_seed(rank_seed * 1_000_003 + step)
         pooled, tokens = text_noise(pooled.to(device), tokens.to(device), cfg.text_noise, g)
+        nb = {}
+        if nbrs:  # a retrieval-augmented model: the batch's neighbours (B, K, N, S), (B, K)
+            nb = {"neighbors": nbrs[0].to(device), "neighbor_sims": nbrs[1].to(device)}
         loss = diffusion_loss(
             engine, to_x0(x0), valid, pooled, tokens, mask.to(device),
             scheduler=scheduler, generator=g, cond_drop_prob=cfg.cond_drop_prob,
-            last_t_frac=cfg.last_t_frac, weight=loss_weight,
+            last_t_frac=cfg.last_t_frac, weight=loss_weight, **nb,
         )  # fmt: skip
         img_val = None
         lam = cfg.image_loss_weight(step)
