@@ -15,6 +15,11 @@
    SeaweedFS (S3Storage: each object one PUT, or one multipart upload; and through boto3 directly,
    the reference) and to a local folder (temporary file, rename), in MB/s.
 The machine is shared: the 1-minute load average at start and end is recorded.
+
+    python -m cluster.bench --project runs/bench/cluster.json --gpus 64 --out docs/results/scale.json
+
+projects a measured result to a GPU cluster's concepts per day (`project`: the limits of the
+driver, compute and storage, with the assumptions written beside them).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import functools
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -204,6 +210,72 @@ def bench_upload(root: Path, sizes_mib: list[float], repeat: int) -> dict:
     }
 
 
+def project(res: dict, *, gpus: int, bytes_per_job: float) -> dict:
+    """Concepts per day of a `gpus`-GPU Ray cluster, from this machine's measured costs, with
+    every assumption written beside the figure. The three limits:
+    - the driver: the whole collection path (ledger, attempt marker, shard, record, finaliser)
+      measured at `pipeline` ms per job, taken as serial in one driver (an upper bound on its cost);
+    - compute: the median training time of one real tiny job on one CPU core (`real`, 1 worker),
+      with one job per GPU at a time and a GPU no faster than that core (a floor: a 64 px,
+      16-channel LoRA batch does not fill a GPU; the time of a job on a GPU is not measured yet);
+    - storage: the mean bytes of one job's shard part over the S3Storage upload rate measured to
+      one local SeaweedFS endpoint."""
+    day = 86_400.0
+    p = res["pipeline"]
+    driver_s = p["seconds"] / p["jobs"]
+    job_s = res["real"]["1"]["median_task_train_seconds"]
+    s3_bps = res["upload"]["s3_mb_s"] * 1e6
+    limits = {
+        "driver": day / driver_s,
+        "compute": gpus * day / job_s,
+        "storage": day * s3_bps / bytes_per_job,
+    }
+    bound = min(limits, key=limits.get)
+    return {
+        "gpus": gpus,
+        "concepts_per_day": limits[bound],
+        "bound_by": bound,
+        "limits_concepts_per_day": limits,
+        "inputs": {
+            "driver_seconds_per_job": driver_s,
+            "job_train_seconds_one_cpu_core": job_s,
+            "s3_upload_bytes_per_second": s3_bps,
+            "bytes_per_job": bytes_per_job,
+        },
+        "assumptions": [
+            "one seed per concept: a concept is one job",
+            "the driver's whole measured collection path per job is serial (the tasks' share of it "
+            "runs on the workers in a real cluster, so the driver limit is higher)",
+            "one job per GPU at a time, no faster than one CPU core of this machine (a floor; "
+            "fractional GPUs, e.g. num_gpus=0.125, would run several at once)",
+            "one S3 endpoint at the rate measured to a local SeaweedFS",
+            "no failures, retries or stragglers",
+        ],
+    }
+
+
+def _project_main(args) -> int:
+    res = json.loads(Path(args.project).read_text())
+    parts = list(Path(args.dataset).glob("parts/*.tar"))
+    if not parts:
+        raise SystemExit(f"cluster.bench: no parts/*.tar under {args.dataset} to size a job by")
+    bytes_per_job = sum(p.stat().st_size for p in parts) / len(parts)
+    out = {
+        "command": "python -m cluster.bench " + " ".join(sys.argv[1:]),
+        "measurement_file": args.project,
+        "measurement": res,
+        "projection": project(res, gpus=args.gpus, bytes_per_job=bytes_per_job),
+    }
+    pr = out["projection"]
+    print(f"{pr['gpus']} GPUs: {pr['concepts_per_day']:,.0f} concepts/day, bound by "
+          f"{pr['bound_by']} (" + ", ".join(f"{k} {v:,.0f}" for k, v in
+                                             pr["limits_concepts_per_day"].items()) + ")")  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="runs/demo/base", help="a base folder (weightgen base)")
@@ -211,7 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=5000, help="scheduling benchmark jobs")
     ap.add_argument("--real-concepts", type=int, default=6, help="real collection: concepts")
     ap.add_argument("--only", choices=["sched", "real", "upload"], action="append", default=None)
+    ap.add_argument("--project", default=None, metavar="RESULT.json",
+                    help="instead of measuring: project a measured result to a GPU cluster")  # fmt: skip
+    ap.add_argument("--gpus", type=int, default=64, help="--project: the cluster's GPUs")
+    ap.add_argument("--dataset", default="runs/tiny/dataset",
+                    help="--project: a collected data set, to size one job's shard part")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.project:
+        return _project_main(args)
     parts = args.only or ["sched", "real", "upload"]
 
     import ray
@@ -222,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _, preset = load_base(args.base)  # a clear error before anything starts
     res: dict = {"preset": preset.name, "base": args.base, "cpus": os.cpu_count()}
+    res["command"] = "python -m cluster.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     res["loadavg_start"] = os.getloadavg()
     train = [c.id for c in concepts("train")]
     with tempfile.TemporaryDirectory(prefix="weightgen-bench-") as tmp:
