@@ -106,26 +106,77 @@ def deepspeed_run(data_uri: str, stage: int, nproc: int, steps: int, batch: int,
         return json.loads(lines[0][len("summary: ") :])
 
 
-def main() -> None:
+def synthetic_dataset(root: Path, samples: int, num_blocks: int, block_size: int = 256) -> str:
+    """A data set of random LoRAs (one tensor of num_blocks x block_size values) and random
+    texts, as collection writes one: for timing on a machine without a collected data set."""
+    import numpy as np
+
+    from weightgen.blocks import BlockLayout, BlockStatsAccumulator
+    from weightgen.data import ShardWriter, WeightSample
+
+    layout = BlockLayout([("w.lora_A", (num_blocks, block_size))], block_size=block_size)
+    rng = np.random.default_rng(0)
+    acc = BlockStatsAccumulator(layout)
+    with ShardWriter(root, layout_hash=layout.hash, block_size=block_size,
+                     num_blocks=layout.num_blocks, maxcount=64,
+                     extra={"layout": layout.to_dict(), "text_model": "all-MiniLM-L6-v2"}) as w:  # fmt: skip
+        for i in range(samples):
+            blocks = rng.normal(size=(num_blocks, block_size)).astype(np.float32)
+            pooled = rng.normal(size=384).astype(np.float32)
+            tokens = rng.normal(size=(16, 384)).astype(np.float16)
+            w.write(WeightSample(f"s{i:05d}-s0", blocks, pooled / np.linalg.norm(pooled),
+                                 tokens=tokens, meta={"text": f"concept {i}"}))  # fmt: skip
+            acc.update(blocks)
+    (root / "layout.json").write_text(json.dumps(layout.to_dict()))
+    acc.finalize().save(root / "stats.safetensors")
+    return str(root)
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(REPO / "runs" / "demo" / "dataset"))
+    p.add_argument("--synthetic", type=int, nargs=2, metavar=("SAMPLES", "BLOCKS"), default=None,
+                   help="time on a random data set of SAMPLES LoRAs of BLOCKS blocks instead")  # fmt: skip
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32, help="global batch")
     p.add_argument("--size", default="tiny")
     p.add_argument("--nproc", default="1,2", help="process counts to try")
-    args = p.parse_args()
-    res: dict = {"units": "samples/s", "steps": args.steps, "batch_size": args.batch_size}
-    res["plain_pytorch_1proc"] = round(
-        plain_loop(args.data, args.steps, args.batch_size, args.size), 2
-    )
+    p.add_argument("--stages", default="1,2,3", help="ZeRO stages to try")
+    p.add_argument("--no-plain", action="store_true", help="skip the plain PyTorch loop")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-zero-") as tmp:
+        data = args.data
+        if args.synthetic:
+            data = synthetic_dataset(Path(tmp) / "ds", *args.synthetic)
+        res = _measure(args, data)
+    print(json.dumps(res), flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def _measure(args, data: str) -> dict:
+    from weightgen.train.memory import zero_memory_plan
+
+    res: dict = {"units": "samples/s", "steps": args.steps, "batch_size": args.batch_size,
+                 "size": args.size, "cuda": _cuda()}  # fmt: skip
+    if not args.no_plain:
+        res["plain_pytorch_1proc"] = round(
+            plain_loop(data, args.steps, args.batch_size, args.size), 2
+        )
     for nproc in map(int, args.nproc.split(",")):
-        for stage in (1, 2, 3):
-            s = deepspeed_run(args.data, stage, nproc, args.steps, args.batch_size, args.size)
+        for stage in map(int, args.stages.split(",")):
+            s = deepspeed_run(data, stage, nproc, args.steps, args.batch_size, args.size)
             res[f"zero{stage}_{nproc}proc"] = round(s["samples_per_s"], 2)
+            # the ZeRO paper's model-state floor per rank (weightgen.train.memory), to compare
+            plan = zero_memory_plan(s["params"], nproc, stage, bf16=bool(s.get("bf16")))
+            res[f"zero{stage}_{nproc}proc_plan_gib"] = round(plan.total / 2**30, 3)
             if s.get("peak_memory_gib") is not None:  # GPU: rank 0's peak, per ZeRO stage
                 res[f"zero{stage}_{nproc}proc_peak_gib"] = round(s["peak_memory_gib"], 3)
-    print(json.dumps(res), flush=True)
+    return res
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -507,6 +507,7 @@ def train_generator(
         "params": n_params,
         "world_size": world,
         "zero_stage": cfg.zero_stage,
+        "bf16": bf16,
         "num_samples": data.num_samples,
         "stream": cfg.stream,
         # this rank's peak GPU memory over the run (model states, activations, buffers); None on CPU
