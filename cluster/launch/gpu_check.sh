@@ -23,6 +23,9 @@ mkdir -p "$OUT"
 if compgen -G "wheels/*.whl" > /dev/null; then
   "$PY" -m pip install --quiet --no-deps --no-index wheels/*.whl
 fi
+# weightgen and weightgen_kernels from this checkout, when the machine has not installed them
+"$PY" -c "import weightgen, weightgen_kernels" 2> /dev/null \
+  || "$PY" -m pip install --quiet --no-deps --no-build-isolation -e .
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   | tee "$OUT/env.txt"
 echo "== plain loop, bf16 MFU"
