@@ -289,7 +289,7 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
                   bench__lrs="{scratch = 0.002}", bench__workers=2, bench__refine_strength=0.5,
                   bench__blend=0.5),
             "--ablate", "ddim10", "--ablate", "block128", "--ablate", "empty-text",
-            "--ablate", "refine0.5", "--ablate", "blend0.5"]  # fmt: skip
+            "--ablate", "refine0.5", "--ablate", "blend0.5", "--ablate", "pairs"]  # fmt: skip
     # and the plateau rule for every method: a 100 dB gain is never seen, so runs stop at the first
     # measurement with a measurement 10 steps older (step 10: step 0; the budget is 40)
     plateau = ["evaluate", "--generator", str(run / "generator"), "--out", str(tmp_path / "p"),
@@ -362,7 +362,12 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
         assert methods["best-by-loss"]["offset_s"] > 0  # scoring every training LoRA counts
         assert methods["random-text"]["offset_s"] > 0
     assert set(rep["ablations"]) == {"reference", "ddim10", "block128", "empty-text", "refine0.5",
-                                     "blend0.5"}  # fmt: skip
+                                     "blend0.5", "pairs"}  # fmt: skip
+    # the pairs row: a generator that read each concept's fine-tuning pairs
+    from weightgen.diffusion import load_generator
+
+    paired = load_generator(out / "ablations" / "pairs" / "generator")
+    assert paired.model.config.pair_dim > 0 and rep["ablations"]["pairs"]["concepts"] == 12
     # the refine0.5 row measures what the refined method starts from
     refined0 = [row["refined"]["psnr"] for row in rep["step0"].values()]
     assert rep["ablations"]["refine0.5"]["psnr_step0"] == pytest.approx(statistics.median(refined0))

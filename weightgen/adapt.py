@@ -187,7 +187,7 @@ def _train(source, text, md, base_state, preset, init, steps, compare, out: Path
     tb = enc.encode([text])
 
     t0 = time.perf_counter()
-    init_lora = _initial(init, text, md, preset, enc)
+    init_lora = _initial(init, text, md, preset, enc, train)
     init_s = time.perf_counter() - t0
 
     budget = steps or MAX_STEPS
@@ -261,8 +261,9 @@ def _train(source, text, md, base_state, preset, init, steps, compare, out: Path
     return summary
 
 
-def _initial(init: str, text: str, md: ModelDir, preset, enc):
-    """The initial LoRA of `init` (None: LoRA from zero)."""
+def _initial(init: str, text: str, md: ModelDir, preset, enc, train):
+    """The initial LoRA of `init` (None: LoRA from zero); a generator trained with pair features
+    also reads the training pairs `train` ((x, y), as fine-tuning uses them)."""
     if init == "zero":
         return None
     from weightgen.initial import WeightBaselines, initial_loras
@@ -275,8 +276,9 @@ def _initial(init: str, text: str, md: ModelDir, preset, enc):
     if init in ("nearest", "blended"):
         baselines = WeightBaselines.from_dataset(str(md.dataset))
     (lora,), _ = initial_loras(
-        init, [text], sample=preset.sample, bundle=bundle, baselines=baselines, encoder=enc
-    )
+        init, [text], sample=preset.sample, bundle=bundle, baselines=baselines, encoder=enc,
+        pairs=[train],
+    )  # fmt: skip
     return lora
 
 

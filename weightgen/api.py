@@ -92,17 +92,40 @@ class WeightGenerator:
         enc = get_encoder(text_model, tokens) if text_model else get_encoder()
         return cls(bundle, enc)
 
+    @property
+    def reads_pairs(self) -> bool:
+        """Whether the generator was trained with pair features (it reads example pairs)."""
+        return bool(self.bundle.model.config.pair_dim)
+
     def generate(
-        self, texts: str | Sequence[str], *, steps: int = 1, seed: int = 0
+        self, texts: str | Sequence[str], pairs=None, *, steps: int = 1, seed: int = 0
     ) -> LoRA | list[LoRA]:
-        """One LoRA per text (one DDIM step by default, the paper's); a str gives one LoRA."""
+        """One LoRA per text (one DDIM step by default, the paper's); a str gives one LoRA.
+
+        `pairs` (a generator with `reads_pairs` only): the edit's examples, per text a pairs
+        folder (pix2pix layout) or an (inputs, targets) pair of (n, 3, H, W) tensors in [0, 1];
+        for one text, the folder or tensors themselves."""
         from weightgen.diffusion import generate_lora
 
         one = isinstance(texts, str)
         batch = [texts] if one else list(texts)
-        states = generate_lora(self.bundle, batch, encoder=self.encoder, steps=steps, seed=seed)
+        if pairs is not None:
+            pairs = [_pairs(p) for p in ([pairs] if one else pairs)]
+        states = generate_lora(
+            self.bundle, batch, encoder=self.encoder, steps=steps, seed=seed, pairs=pairs
+        )
         loras = [LoRA(s, t, {"init": "generated", "seed": seed}) for s, t in zip(states, batch)]
         return loras[0] if one else loras
+
+
+def _pairs(p) -> tuple[Tensor, Tensor] | None:
+    """A pairs folder, or (inputs, targets) tensors, or None -> (inputs, targets) or None."""
+    if p is None or isinstance(p, tuple):
+        return p
+    from weightgen.concepts.sources import open_pair_folder
+
+    src = open_pair_folder(p, "pairs")  # the text is unused here: only the images are read
+    return src.pairs(min(8, len(src.names)), 64, seed=0, split="collect")
 
 
 class Base:

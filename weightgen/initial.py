@@ -151,10 +151,13 @@ def initial_loras(
     baselines: WeightBaselines | None = None,
     encoder=None,
     seed: int | None = None,
+    pairs: list | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
     """The `init` LoRA of every text, and per text what it came from ({"nearest", "similarity"}
     for the retrieval methods). `bundle`: the generator (generated, blended); `baselines`: the
-    training LoRAs (nearest, mean, blended); `seed` overrides sample.seed (batch seeds)."""
+    training LoRAs (nearest, mean, blended); `seed` overrides sample.seed (batch seeds); `pairs`:
+    per text a few (inputs, targets) of its edit, read by a generator trained with pair features
+    (others generate from the text alone)."""
     if init not in INITS:
         raise WeightgenError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
     if init in ("generated", "blended") and bundle is None:
@@ -172,6 +175,7 @@ def initial_loras(
             steps=sample.steps,
             guidance=sample.guidance,
             seed=sample.seed if seed is None else seed,
+            pairs=pairs if pairs is not None and bundle.model.config.pair_dim else None,
         )
     if init == "generated":
         return gen, [{} for _ in texts]

@@ -13,7 +13,7 @@ LOSS_WEIGHTS = ("uniform", "sensitivity")  # TrainConfig.loss_weight
 # config values that fix the model or the data order: a resumed run must keep them
 _RESUME_FIXED = (
     "size", "per_block", "use_block_index", "model_overrides", "batch_size", "seed", "stream",
-    "paraphrases", "loss_weight", "neighbors", "neighbor_family_drop",
+    "paraphrases", "loss_weight", "neighbors", "neighbor_family_drop", "pair_features",
 )  # fmt: skip
 # ... and, when streaming, these too (the DataLoader workers set the number of stream parts)
 _RESUME_FIXED_STREAM = ("epoch_samples", "shuffle_buffer", "num_workers")
@@ -90,6 +90,11 @@ class TrainConfig:
     # 0: text only. In-memory data sets only
     neighbors: int = 0
     neighbor_family_drop: float = 0.0
+    # conditioning on the concept's own examples (weightgen.diffusion.pairs): each training sample
+    # carries the description of 8 of its concept's collection pairs, replaced by a learned null
+    # with probability `pair_drop_prob` (so text alone still works). Catalogue concepts only
+    pair_features: bool = False
+    pair_drop_prob: float = 0.3
 
     def image_loss_weight(self, step: int) -> float:
         """The image loss's weight at (0-based) training step `step`."""
@@ -143,8 +148,12 @@ class TrainConfig:
             raise ConfigError(f"last_t_frac must be in [0, 1], got {self.last_t_frac}")
         if self.neighbors < 0 or not 0.0 <= self.neighbor_family_drop <= 1.0:
             raise ConfigError("neighbors must be >= 0 and neighbor_family_drop in [0, 1]")
-        if self.neighbors and self.stream:
-            raise ConfigError("neighbors works on the in-memory data set only; drop stream")
+        if (self.neighbors or self.pair_features) and self.stream:
+            raise ConfigError(
+                "neighbors and pair_features work on the in-memory data set only; drop stream"
+            )
+        if not 0.0 <= self.pair_drop_prob < 1.0:
+            raise ConfigError(f"pair_drop_prob must be in [0, 1), got {self.pair_drop_prob}")
         self.model_overrides = dict(self.model_overrides)
         if self.init_from is not None:
             self.init_from = str(Path(self.init_from).resolve())

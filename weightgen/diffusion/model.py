@@ -17,6 +17,10 @@ network's output, and a per-block change of the blend weights read from the last
 both start at zero, so an untrained model returns the k-nearest blend exactly and training learns
 what to change (copying one neighbour included).
 
+pair_dim=F > 0 conditions on the concept's own examples: a fixed description (F,) of a few of its
+(input, target) pairs (weightgen.diffusion.pairs) joins c through an MLP; `drop_pairs` (B,) or
+missing features select a learned null description, so the model also serves text alone.
+
 Text dropout: during training a sample's text is replaced with probability `cond_drop_prob` by a
 learned null text (pooled + one token), which `drop_text=True` also selects at sampling time, so
 classifier-free guidance can mix conditional and unconditional predictions.
@@ -166,7 +170,8 @@ def blend_weights(sims: Tensor) -> Tensor:
 class BlockDiT(ModelMixin, ConfigMixin):
     """forward(x (B,N,S), timesteps (B,), text_pooled (B,Dt), text_tokens (B,L,Dt),
     text_mask (B,L) bool, drop_text (B,) bool | None, neighbors (B,K,N,S) | None,
-    neighbor_sims (B,K) | None) -> predicted x0 (B, N, S)."""
+    neighbor_sims (B,K) | None, pair_features (B,F) | None, drop_pairs (B,) bool | None)
+    -> predicted x0 (B, N, S)."""
 
     _supports_gradient_checkpointing = True
 
@@ -185,6 +190,7 @@ class BlockDiT(ModelMixin, ConfigMixin):
         use_block_index: bool = True,
         cond_drop_prob: float = 0.1,
         num_neighbors: int = 0,
+        pair_dim: int = 0,
     ):
         super().__init__()
         if hidden_size % num_heads:
@@ -214,6 +220,11 @@ class BlockDiT(ModelMixin, ConfigMixin):
             self.sim_embed = nn.Linear(num_neighbors, D)
             # per block, a change of the neighbours' blend weights (zero-initialised below)
             self.nbr_mix = nn.Linear(D, num_neighbors)
+        if pair_dim:
+            self.pair_embed = nn.Sequential(
+                nn.LayerNorm(pair_dim), nn.Linear(pair_dim, D), nn.SiLU(), nn.Linear(D, D)
+            )
+            self.null_pairs = nn.Parameter(torch.zeros(pair_dim))
         self.gradient_checkpointing = False
         self._init_weights()
 
@@ -270,6 +281,8 @@ class BlockDiT(ModelMixin, ConfigMixin):
         drop_text: Tensor | None = None,
         neighbors: Tensor | None = None,
         neighbor_sims: Tensor | None = None,
+        pair_features: Tensor | None = None,
+        drop_pairs: Tensor | None = None,
     ) -> Tensor:
         B, N, S = x.shape
         cfg = self.config
@@ -299,6 +312,16 @@ class BlockDiT(ModelMixin, ConfigMixin):
             nb = neighbors.to(dtype)
             h = h + self.nbr_embed(nb.permute(0, 2, 1, 3).reshape(B, N, K * S))  # (B, N, D)
             c = c + self.sim_embed(neighbor_sims.to(dtype))  # (B, D)
+        if cfg.pair_dim:
+            null = self.null_pairs.to(dtype).expand(B, -1)  # (B, F)
+            if pair_features is None:
+                feats = null
+            else:
+                feats = pair_features.to(dtype)
+                if drop_pairs is not None:
+                    drop = drop_pairs.to(device=feats.device, dtype=torch.bool)[:, None]
+                    feats = torch.where(drop, null, feats)
+            c = c + self.pair_embed(feats)  # (B, D)
         ctx = self.text_tok_embed(tokens)  # (B, L, D)
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:

@@ -83,11 +83,16 @@ def sample_blocks(
     strength: float = 1.0,
     neighbors: Tensor | None = None,
     neighbor_sims: Tensor | None = None,
+    pair_features: Tensor | None = None,
+    drop_pairs: Tensor | None = None,
 ) -> Tensor:
     """text (B, Dt), (B, L, Dt), (B, L) -> normalised blocks (B, N, S), float32.
 
     `neighbors` (B, K, N, S) normalised and `neighbor_sims` (B, K): the retrieved training LoRAs
     a model with config.num_neighbors = K is conditioned on (weightgen.diffusion.neighbors).
+    `pair_features` (B, F) and `drop_pairs` (B,) bool: a model with config.pair_dim = F reads
+    each concept's example description (weightgen.diffusion.pairs); dropped rows and a missing
+    tensor select its null description.
 
     steps=1: one x0 prediction from pure noise at t = T-1 (the paper's single denoising step).
     steps>1: DDIM (eta 0) over `steps` trailing timesteps. guidance>1: classifier-free guidance
@@ -116,6 +121,10 @@ def sample_blocks(
     nb = {}
     if neighbors is not None:
         nb = {"neighbors": neighbors.to(dev), "neighbor_sims": neighbor_sims.to(dev)}
+    if pair_features is not None:
+        nb["pair_features"] = pair_features.to(dev)
+        if drop_pairs is not None:
+            nb["drop_pairs"] = drop_pairs.to(dev)
 
     x = _randn((B, cfg.num_blocks, cfg.block_size), generator, dev)  # (B, N, S)
     sched = make_ddim_scheduler(num_train_timesteps, beta_schedule)
@@ -248,8 +257,12 @@ def generate_lora(
     encoder=None,
     init: list[dict[str, Tensor]] | None = None,
     strength: float = 1.0,
+    pairs: list[tuple[Tensor, Tensor] | None] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Texts -> one LoRA state dict per text ({name: tensor} in the generator's layout, CPU fp32).
+
+    `pairs`: per text, a few (inputs, targets) (n, 3, H, W) in [0, 1] of the concept's edit, or
+    None; a generator trained with pair_features reads their description (others refuse them).
 
     `encoder` (a weightgen.text.TextEncoder) overrides the text model recorded at training.
     `init`: one LoRA per text to refine instead of starting from pure noise (e.g. the training
@@ -286,9 +299,21 @@ def generate_lora(
         flat = torch.stack([layout.flatten(sd) for sd in init]).to(dev)  # (B, P)
         x_init = normalize(flat, layout, st.mean, st.std)  # (B, N, S)
     nb = {}
+    if pairs is not None:
+        if not model.config.pair_dim:
+            raise GeneratorError(
+                "this generator was trained without pair features: it cannot read example pairs "
+                "(generate from the text alone, or train with generator.pair_features=true)"
+            )
+        if len(pairs) != len(texts):
+            raise GeneratorError(f"generate_lora: {len(pairs)} pair sets for {len(texts)} texts")
+        from weightgen.diffusion.pairs import pair_features
+
+        feats, missing = pair_features(pairs)
+        nb = {"pair_features": feats.to(dev), "drop_pairs": missing.to(dev)}
     if bank is not None:  # the K training concepts nearest in text (B, K), and their blocks
         rows, sims = bank.query(pooled, model.config.num_neighbors)
-        nb = {"neighbors": bank.gather(rows).to(dev), "neighbor_sims": sims.to(dev)}
+        nb.update(neighbors=bank.gather(rows).to(dev), neighbor_sims=sims.to(dev))
     blocks = sample_blocks(
         model,
         pooled,

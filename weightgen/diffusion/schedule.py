@@ -61,6 +61,7 @@ def diffusion_loss(
     cond_drop_prob: float | None = None,
     last_t_frac: float = 0.0,
     weight: Tensor | None = None,
+    pair_drop_prob: float = 0.0,
     **model_kwargs,
 ) -> Tensor:
     """x0 (B, N, S) normalised clean blocks, valid (N, S) bool -> scalar MSE over valid entries.
@@ -72,7 +73,8 @@ def diffusion_loss(
     model's config value), all drawn from `generator` (so a step's randomness is reproducible).
     `last_t_frac` of the samples (in expectation) get t = T-1 instead: the pure-noise input that
     single-step sampling starts from, where only the text (and index) can tell the weights apart.
-    `model_kwargs` go to the model as they are (a retrieval-augmented model's neighbours).
+    `model_kwargs` go to the model as they are (a retrieval-augmented model's neighbours, a
+    pair-conditioned model's features, dropped with probability `pair_drop_prob`).
     """
     scheduler = scheduler or make_train_scheduler()
     B, dev = x0.shape[0], x0.device
@@ -88,6 +90,9 @@ def diffusion_loss(
         last = (torch.rand(B, generator=generator, device=gdev) < last_t_frac).to(dev)  # (B,)
         t = torch.where(last, torch.full_like(t, T - 1), t)
 
+    if "pair_features" in model_kwargs and pair_drop_prob > 0:  # drawn after the draws above
+        away = torch.rand(B, generator=generator, device=gdev) < pair_drop_prob  # (B,)
+        model_kwargs["drop_pairs"] = away.to(dev)
     v = valid.to(device=dev, dtype=torch.float32)  # (N, S)
     x0 = x0.to(torch.float32) * v  # (B, N, S) padding -> 0
     xt = scheduler.add_noise(x0, noise, t) * v  # (B, N, S)

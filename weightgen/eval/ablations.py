@@ -22,6 +22,8 @@ OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   no-text-noise           no noise on the text embeddings while training
   text-noise              relative text-embedding noise 0.5 (the reverse)
   concepts50/100/200      the generator trained on the first K training concepts only
+  pairs                   conditioned also on the description of 8 of each concept's pairs
+                          (weightgen.diffusion.pairs; at evaluation its fine-tuning pairs)
   neighborsK              conditioned on the K training LoRAs nearest in text, starting from
                           their blend (weightgen.diffusion.neighbors); own family left out of
                           a quarter of the training retrievals (NEIGHBOR_FAMILY_DROP)
@@ -55,6 +57,7 @@ TRAINING = {
     "image-loss": {"train": {"image_loss": 5.0, "image_loss_start": 0, "image_loss_ramp": 0}},
     "no-text-noise": {"train": {"text_noise": 0.0}},
     "text-noise": {"train": {"text_noise": 0.5}},
+    "pairs": {"train": {"pair_features": True}},
 }
 _CONCEPTS = re.compile(r"concepts(\d+)$")
 _NEIGHBORS = re.compile(r"neighbors(\d+)$")
@@ -235,9 +238,10 @@ def step0_row(
     tb = ctx.enc.encode(texts)
     near = find_nearest(ctx, held, tb)
     if refine is None:
-        gen, per_s = ctx.generate(texts, sample_steps)
+        gen, per_s = ctx.generate(texts, sample_steps, concepts=held)
     else:
-        gen, per_s = ctx.generate(texts, sample_steps, [near[c.id]["lora"] for c in held], refine)
+        inits = [near[c.id]["lora"] for c in held]
+        gen, per_s = ctx.generate(texts, sample_steps, inits, refine, held)
     if blend is not None:
         from weightgen.initial import blend_loras
 

@@ -84,7 +84,7 @@ def run_benchmark(
                 inits[m][i], offsets[m][i], info[m][i] = ci[m][j], co[m][j], cn[m][j]
     per_text_s = offsets["generated"][0]
     t0 = time.perf_counter()
-    ctx.generate([held[0].text + " "], cfg.sample_steps)  # one uncached concept alone
+    ctx.generate([held[0].text + " "], cfg.sample_steps, concepts=held[:1])  # one, uncached
     one_s = time.perf_counter() - t0
     tb = ctx.enc.encode([c.text for c in held])
     nearest_of = {

@@ -38,17 +38,26 @@ class BenchContext:
         return other
 
     def generate(
-        self, texts: list[str], steps: int, init: list[dict] | None = None, strength: float = 1.0
+        self,
+        texts: list[str],
+        steps: int,
+        init: list[dict] | None = None,
+        strength: float = 1.0,
+        concepts: Sequence | None = None,
     ) -> tuple[list[dict], float]:
         """LoRAs for `texts` and the seconds per concept (text encoding included, batched);
-        with `init`, those LoRAs refined from noise level `strength` (`sample_blocks`)."""
-        from weightgen.eval.newconcept import timed_generate
+        with `init`, those LoRAs refined from noise level `strength` (`sample_blocks`). A
+        generator trained with pair features also reads 8 training pairs of each of `concepts`
+        (the pairs fine-tuning uses; describing them is timed, making them is not)."""
+        from weightgen.eval.newconcept import timed_generate, train_pairs
 
         # empty text: the generator's learned null condition (trained by text dropout), i.e.
         # classifier-free guidance 0 -- the text encoder itself refuses an empty string
         kw = {"guidance": 0.0} if self.empty_text else {}
         if init is not None:
             kw.update(init=init, strength=strength)
+        if concepts is not None and self.bundle.model.config.pair_dim:
+            kw["pairs"] = [tuple(t[:8] for t in train_pairs(c, self.preset)) for c in concepts]
         loras, seconds = timed_generate(self.bundle, texts, encoder=self.enc, steps=steps, **kw)
         return loras, seconds / len(texts)
 

@@ -95,7 +95,7 @@ def tune_choices(ctx: BenchContext, cfg: BenchConfig, methods: Sequence[str]) ->
         k = max(scores, key=scores.get)
         table["knn_k"] = {str(kk): v for kk, v in scores.items()}
     need_gen = BLENDED in methods or "nearest-noise" in methods
-    gen = ctx.generate(texts, cfg.sample_steps)[0] if need_gen else None
+    gen = ctx.generate(texts, cfg.sample_steps, concepts=concepts)[0] if need_gen else None
     alpha = cfg.blend[0] if cfg.blend else None
     if BLENDED in methods and len(cfg.blend) > 1:
         scores = {}
@@ -162,7 +162,7 @@ def method_inits(
         near_s.append(encode_s + time.perf_counter() - t0)
     gen, per_text_s = None, 0.0
     if {"generated", BLENDED, "nearest-noise"} & set(methods) or REFINED in methods:
-        gen, per_text_s = ctx.generate(texts, cfg.sample_steps)
+        gen, per_text_s = ctx.generate(texts, cfg.sample_steps, concepts=concepts)
     for i, c in enumerate(concepts):
         lora, cid, sim = near[i]
         if "nearest" in methods:
@@ -190,12 +190,12 @@ def method_inits(
             info["nearest-noise"][i] = {"concept": cid, "noise": choices.noise}
     if REFINED in methods:
         refined, s = ctx.generate(
-            texts, cfg.sample_steps, [x[0] for x in near], cfg.refine_strength
+            texts, cfg.sample_steps, [x[0] for x in near], cfg.refine_strength, concepts
         )
         inits[REFINED], offsets[REFINED] = refined, [s] * n
     if "random-text" in methods:
         drawn = [other_family_text(c, cfg.seed) for c in concepts]
-        rand, s = ctx.generate([t for t, _ in drawn], cfg.sample_steps)
+        rand, s = ctx.generate([t for t, _ in drawn], cfg.sample_steps, concepts=concepts)
         inits["random-text"], offsets["random-text"] = rand, [s] * n
         info["random-text"] = [{"text": t, "concept": cid} for t, cid in drawn]
     if "best-by-loss" in methods:

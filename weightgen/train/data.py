@@ -80,6 +80,9 @@ class TrainData:
     # neighbor_family_drop, without its own family ("family"): (rows (M, K), similarities (M, K))
     bank: NeighborBank | None = None
     neighbor_index: dict[str, tuple[Tensor, Tensor]] | None = None
+    # conditioning on examples (load_train_data(pair_features=True)): each sample's description of
+    # its concept's collection pairs (weightgen.diffusion.pairs), (M, PAIR_DIM)
+    pair_feats: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -98,6 +101,16 @@ class TrainData:
             rows = torch.where(away[:, None], frows[idx], rows)
             sims = torch.where(away[:, None], fsims[idx], sims)
         return self.bank.gather(rows), sims
+
+    def model_kwargs(self, idx: Tensor, family_drop: float, generator: torch.Generator) -> dict:
+        """The conditioning beyond text for samples idx (b,): {neighbors, neighbor_sims} with a
+        bank, {pair_features} with pair descriptions; {} for a text-only generator."""
+        kw = {}
+        if self.bank is not None:
+            kw["neighbors"], kw["neighbor_sims"] = self.neighbors(idx, family_drop, generator)
+        if self.pair_feats is not None:
+            kw["pair_features"] = self.pair_feats[idx]
+        return kw
 
     @property
     def text_dim(self) -> int:
@@ -236,12 +249,18 @@ def _phrasings(
 
 
 def load_train_data(
-    uri: str | os.PathLike, *, paraphrases: bool = False, neighbors: int = 0, family: bool = False
+    uri: str | os.PathLike,
+    *,
+    paraphrases: bool = False,
+    neighbors: int = 0,
+    family: bool = False,
+    pair_features: bool = False,
 ) -> TrainData:
     """Read, verify and normalise a whole (small) data set; TrainError with one line on bad input.
     `paraphrases`: also encode each concept's paraphrases (TrainData.alt) for text augmentation.
     `neighbors` K > 0: the retrieval bank and index (TrainData.bank, .neighbor_index); `family`:
-    also the index without each sample's own family."""
+    also the index without each sample's own family. `pair_features`: each sample's description of
+    8 pairs of its catalogue concept (TrainData.pair_feats)."""
     uri = str(uri)
     st, manifest, layout, stats, layout_bytes, stats_bytes = _open_dataset(uri)
 
@@ -317,7 +336,34 @@ def load_train_data(
         alt=alt,
         bank=bank,
         neighbor_index=index,
+        pair_feats=_pair_feats(metas, keys, uri) if pair_features else None,
     )
+
+
+PAIRS_PER_SAMPLE = 8
+
+
+def _pair_feats(metas: list[dict], keys: list[str], uri: str) -> Tensor:
+    """(M, PAIR_DIM): per sample, the description of PAIRS_PER_SAMPLE collection pairs of its
+    catalogue concept, drawn with the sample's seed (the pairs its LoRA was trained on)."""
+    from tqdm.auto import tqdm
+
+    from weightgen.concepts import UnknownConceptError, get_concept, make_pairs
+    from weightgen.diffusion.pairs import edit_features
+
+    out = []
+    for m, k in tqdm(list(zip(metas, keys)), desc="pair features", unit="sample", leave=False):
+        try:
+            concept = get_concept(m.get("concept_id") or k.rsplit("-s", 1)[0])
+        except UnknownConceptError:
+            raise TrainError(
+                f"data set {uri}: sample {k} is not a catalogue concept; pair_features needs "
+                "the pairs of every sample's concept"
+            ) from None
+        x, y = make_pairs(concept, PAIRS_PER_SAMPLE, size=64, seed=int(m.get("seed", 0)),
+                          split="collect")  # fmt: skip
+        out.append(edit_features(x, y))
+    return torch.stack(out)
 
 
 def load_loss_weights(uri: str | os.PathLike, layout: BlockLayout, stats: BlockStats) -> Tensor:
@@ -370,8 +416,8 @@ def batch_positions(n: int, batch: int, step: int, seed: int) -> Tensor:
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Item i = the batch of step `start + i` on this rank: (x0, pooled, tokens, mask), and with
-    data.bank the neighbours' blocks and similarities (TrainData.neighbors). With data.alt, each
+    """Item i = the batch of step `start + i` on this rank: (x0, pooled, tokens, mask, kwargs),
+    kwargs the conditioning beyond text (TrainData.model_kwargs: neighbours, pair features). With data.alt, each
     sample's phrasing is drawn from a generator seeded by (seed, step), so a resumed run sees the
     same texts (and neighbours) as an uninterrupted one."""
 
@@ -402,7 +448,5 @@ class StepBatches(torch.utils.data.Dataset):
             out = (d.x0[idx], *d.alt.pick(idx, g))
         else:
             out = d.x0[idx], d.pooled[idx], d.tokens[idx], d.mask[idx]
-        if d.bank is not None:
-            g = torch.Generator().manual_seed((3 << 40) + self.seed * 1_000_003 + self.start + i)
-            out = (*out, *d.neighbors(idx, self.family_drop, g))
-        return out  # (b,N,S) (b,Dt) (b,L,Dt) (b,L) [(b,K,N,S) (b,K)]
+        g = torch.Generator().manual_seed((3 << 40) + self.seed * 1_000_003 + self.start + i)
+        return (*out, d.model_kwargs(idx, self.family_drop, g))  # (b,N,S) (b,Dt) (b,L,Dt) (b,L) {}

@@ -42,6 +42,7 @@ from weightgen.config.generator import (
 )
 from weightgen.diffusion.model import BlockDiT, block_dit, count_params
 from weightgen.diffusion.neighbors import BANK_FILE
+from weightgen.diffusion.pairs import PAIR_DIM
 from weightgen.diffusion.sampler import (
     GENERATOR_JSON,
     LAYOUT_JSON,
@@ -304,10 +305,7 @@ def _add_image_loss(engine, loss, lam, image_loss, data, cfg, valid, g, device):
     x_t = torch.randn((K, *v.shape), generator=g).to(device) * v  # (K, N, S)
     t = torch.full((K,), NUM_TRAIN_TIMESTEPS - 1, dtype=torch.long, device=device)
     keep = torch.zeros(K, dtype=torch.bool, device=device)
-    nb = {}
-    if data.bank is not None:
-        blocks, sims = data.neighbors(idx, cfg.neighbor_family_drop, g)
-        nb = {"neighbors": blocks.to(device), "neighbor_sims": sims.to(device)}
+    nb = {k: v.to(device) for k, v in data.model_kwargs(idx, cfg.neighbor_family_drop, g).items()}
     pred = engine(
         x_t, t, pooled.to(device), tokens.to(device), mask.to(device), drop_text=keep, **nb
     )
@@ -349,6 +347,7 @@ def train_generator(
             paraphrases=cfg.paraphrases,
             neighbors=cfg.neighbors,
             family=cfg.neighbor_family_drop > 0,
+            pair_features=cfg.pair_features,
         )
     )
     loss_weight = (
@@ -395,6 +394,7 @@ def train_generator(
         use_block_index=cfg.use_block_index,
         cond_drop_prob=cfg.cond_drop_prob,
         num_neighbors=cfg.neighbors,
+        pair_dim=PAIR_DIM if cfg.pair_features else 0,
         **cfg.model_overrides,
     ).to(device)
     if cfg.gradient_checkpointing:
@@ -439,16 +439,16 @@ def train_generator(
     steps_since_log = 0
     engine.train()
     # ---- the step loop -----------------------------------------------------------------------
-    for x0, pooled, tokens, mask, *nbrs in loader:
+    for x0, pooled, tokens, mask, *extra in loader:
         g = torch.Generator(device=device).manual_seed(rank_seed * 1_000_003 + step)
         pooled, tokens = text_noise(pooled.to(device), tokens.to(device), cfg.text_noise, g)
-        nb = {}
-        if nbrs:  # a retrieval-augmented model: the batch's neighbours (B, K, N, S), (B, K)
-            nb = {"neighbors": nbrs[0].to(device), "neighbor_sims": nbrs[1].to(device)}
+        # conditioning beyond text (neighbours, pair features; in-memory data only)
+        kw = {k: v.to(device) for k, v in (extra[0] if extra else {}).items()}
         loss = diffusion_loss(
             engine, to_x0(x0), valid, pooled, tokens, mask.to(device),
             scheduler=scheduler, generator=g, cond_drop_prob=cfg.cond_drop_prob,
-            last_t_frac=cfg.last_t_frac, weight=loss_weight, **nb,
+            last_t_frac=cfg.last_t_frac, weight=loss_weight, pair_drop_prob=cfg.pair_drop_prob,
+            **kw,
         )  # fmt: skip
         img_val = None
         lam = cfg.image_loss_weight(step)
