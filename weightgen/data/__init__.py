@@ -1,5 +1,6 @@
 """Storage URIs (local path, file://, s3://) and webdataset shards of weight sets."""
 
+from weightgen.data.s3 import S3Storage
 from weightgen.data.shards import (
     MANIFEST,
     DatasetError,
@@ -11,14 +12,8 @@ from weightgen.data.shards import (
     load_all,
     read_manifest,
 )
-from weightgen.data.storage import (
-    KeyNotFoundError,
-    LocalStorage,
-    S3Storage,
-    Storage,
-    StorageError,
-    open_storage,
-)
+from weightgen.data.storage import KeyNotFoundError, LocalStorage, Storage, StorageError
+from weightgen.data.uris import open_storage
 
 __all__ = [
     "MANIFEST",

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load, save
 from torch import Tensor
 
-from weightgen.data.storage import open_storage
+from weightgen.data.uris import open_storage
 
 SENSITIVITY_FILE = "sensitivity.safetensors"
 # clamp of the weights (mean 1) before renormalising: no value leaves the loss, none takes it over

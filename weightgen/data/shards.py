@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from weightgen.data.storage import KeyNotFoundError, Storage, open_storage
+from weightgen.data.storage import KeyNotFoundError, Storage
+from weightgen.data.uris import open_storage
 
 log = logging.getLogger(__name__)
 
