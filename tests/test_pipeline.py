@@ -733,3 +733,35 @@ def test_collect_from_a_pairs_root_and_an_editor(run, tmp_path, capsys):
             "--instruction", "add fog"]  # fmt: skip
     _one_line_error(capsys, main(argv), "--editor PATH and --instruction")
     assert not (tmp_path / "ds2").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_export_model_ships_what_the_commands_read(run, tmp_path, capsys):
+    """`weightgen export-model`: base, generator and a model card, no checkpoints or data set;
+    the exported model generates what the run does; over the size limit nothing is written."""
+    from weightgen.api import WeightGenerator
+
+    out = tmp_path / "models" / "tiny"
+    assert main(["export-model", "--run", str(run), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert {"README.md", "concepts.txt", "base/generator.safetensors", "generator/generator.json",
+            "generator/layout.json", "generator/stats.safetensors"} <= files  # fmt: skip
+    assert not any(f.startswith(("generator/checkpoints", "dataset")) for f in files)
+    collected = out.joinpath("concepts.txt").read_text().split()
+    assert collected and set(collected) <= set(IDS)
+    assert f"{len(collected)} concepts" in out.joinpath("README.md").read_text()
+    a = WeightGenerator.from_pretrained(run).generate("make it warmer", seed=3)
+    b = WeightGenerator.from_pretrained(out).generate("make it warmer", seed=3)
+    for k in a.state:  # the same weights and noise: the same LoRA (up to CPU kernel rounding)
+        torch.testing.assert_close(a.state[k], b.state[k])
+    # refused: over the size limit, or a run without a generator; the output stays as it was
+    before = sorted(files)
+    argv = ["export-model", "--run", str(run), "--out", str(out), "--max-mb", "0.01"]
+    _one_line_error(capsys, main(argv), "over the 0.01 MB limit")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == before
+    (tmp_path / "half" / "base").mkdir(parents=True)
+    argv = ["export-model", "--run", str(tmp_path / "half"), "--out", str(tmp_path / "m2")]
+    _one_line_error(capsys, main(argv), "export a finished run")
+    assert not (tmp_path / "m2").exists() and not list(tmp_path.glob(".m2.partial-*"))

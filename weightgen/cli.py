@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from weightgen import export
 from weightgen.paths import check_dir_writable, check_parent_writable
 
 for _k, _v in (
@@ -551,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tile: full resolution in overlapping tiles; resize: whole frame at the model's size",
     )
     pp.set_defaults(func=cmd_apply)
+    export.add_command(sub)
     return p
 
 

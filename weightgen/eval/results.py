@@ -100,31 +100,32 @@ def results_index(root: str | Path) -> str:
     for split, reps in sorted(by_split.items()):
         lines += ["", f"## Split: {split}"]
         for name, rep in reps:
-            pc = rep.get("per_concept", {})
-            head = rep.get("headline", {})
-            lines += [
-                "",
-                f"[{name}]({root.name}/{name}/report.md): "
-                + next((v for k, v in head.items() if k.endswith("concepts")), ""),
-                "",
-                "| method | PSNR step 0 | PSNR final | time to target (s) | steps to target "
-                "| reached | vs scratch | vs lora-zero |",
-                "|---|---|---|---|---|---|---|---|",
-            ]
-            for m, e in rep["methods"].items():
-                reached = (
-                    f"{e['reached_target']}/{e['concepts_trained']}"
-                    if "reached_target" in e
-                    else "—"
-                )
-                lines.append(
-                    f"| {m} | {_cell(e['psnr_step0'])} | {_cell(e.get('psnr_final'))} | "
-                    f"{_cell(e.get('time_to_target_s'))} | {_cell(e.get('steps_to_target'), 1)} | "
-                    f"{reached} | {_speed(pc, 'scratch', m)} | {_speed(pc, 'lora-zero', m)} |"
-                )
-            for target, table in (rep.get("targets") or {}).items():
-                lines += ["", f"Time to the {target} target:", ""] + table_markdown(table)
+            lines += report_tables(rep, f"[{name}]({root.name}/{name}/report.md)")
     return "\n".join(lines) + "\n"
+
+
+def report_tables(rep: dict, title: str) -> list[str]:
+    """Markdown lines of one report: its methods' medians and speed-ups, and its targets."""
+    pc = rep.get("per_concept", {})
+    head = rep.get("headline", {})
+    lines = [
+        "",
+        f"{title}: " + next((v for k, v in head.items() if k.endswith("concepts")), ""),
+        "",
+        "| method | PSNR step 0 | PSNR final | time to target (s) | steps to target "
+        "| reached | vs scratch | vs lora-zero |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m, e in rep["methods"].items():
+        reached = f"{e['reached_target']}/{e['concepts_trained']}" if "reached_target" in e else "—"
+        lines.append(
+            f"| {m} | {_cell(e['psnr_step0'])} | {_cell(e.get('psnr_final'))} | "
+            f"{_cell(e.get('time_to_target_s'))} | {_cell(e.get('steps_to_target'), 1)} | "
+            f"{reached} | {_speed(pc, 'scratch', m)} | {_speed(pc, 'lora-zero', m)} |"
+        )
+    for target, table in (rep.get("targets") or {}).items():
+        lines += ["", f"Time to the {target} target:", ""] + table_markdown(table)
+    return lines
 
 
 def write_results_index(root: str | Path, out: str | Path | None = None) -> Path:
