@@ -765,3 +765,21 @@ def test_export_model_ships_what_the_commands_read(run, tmp_path, capsys):
     argv = ["export-model", "--run", str(tmp_path / "half"), "--out", str(tmp_path / "m2")]
     _one_line_error(capsys, main(argv), "export a finished run")
     assert not (tmp_path / "m2").exists() and not list(tmp_path.glob(".m2.partial-*"))
+
+
+def test_editor_modes_keep_detail_and_cover_every_pixel():
+    """A pointwise edit (the model adds a constant) through both modes of weightgen.apply.Editor:
+    tiles cover every pixel of any size exactly; resize mode adds the change at full resolution,
+    so the photo's own detail stays."""
+    from weightgen.apply import Editor
+
+    class AddTenth(torch.nn.Module):  # in the model's [-1, 1] units: +0.2 is +0.1 in [0, 1]
+        def forward(self, x, tokens, mask):
+            return x + 0.2
+
+    ed = Editor(AddTenth(), torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool), size=16)
+    img = 0.8 * torch.rand(3, 37, 50, generator=torch.Generator().manual_seed(0))
+    for mode in ("tile", "resize"):
+        torch.testing.assert_close(ed.edit(img, mode), img + 0.1, atol=1e-5, rtol=0)
+    small = 0.8 * torch.rand(3, 9, 12)  # under one tile: padded, then cropped back
+    torch.testing.assert_close(ed.edit(small, "tile"), small + 0.1, atol=1e-5, rtol=0)

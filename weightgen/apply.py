@@ -5,8 +5,10 @@ position embedding has (S/4)^2 entries, so a larger image is processed
   tile    (default) at full resolution, in S x S tiles overlapping by S/4, blended with weights
           that fall linearly to their edges (no seams); an edit that depends on the whole frame
           (a vignette) is applied per tile
-  resize  resized to S x S (antialiased), edited, resized back to its own size: whole-frame edits
-          stay whole, fine detail is lost
+  resize  resized to S x S (antialiased) and edited there; the change (edited - input at S x S)
+          is resized back and added to the full-resolution photo: whole-frame edits (a vignette, a
+          graduated filter) stay whole and the photo keeps its detail, while changes of fine
+          detail (blur, sharpen, edges) come out at S x S resolution
 Images are RGB in [0, 1]; batches of tiles go through the model together.
 """
 
@@ -117,10 +119,13 @@ class Editor:
             raise ImageInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         s = self.size
         h, w = img.shape[-2:]
-        if mode == "resize" or (h == s and w == s):
+        if h == s and w == s:
+            return self._run(img[None])[0]
+        if mode == "resize":
             x = F.interpolate(img[None], size=(s, s), mode="bilinear", antialias=True)
-            y = self._run(x)
-            return F.interpolate(y, size=(h, w), mode="bilinear", antialias=True)[0].clamp(0, 1)
+            change = self._run(x) - x  # (1, 3, S, S)
+            up = F.interpolate(change, size=(h, w), mode="bilinear", align_corners=False)
+            return (img + up[0]).clamp(0, 1)
         # reflect-pad to at least one tile, then overlapping tiles blended by ramp weights
         ph, pw = max(0, s - h), max(0, s - w)
         x = F.pad(img[None], (0, pw, 0, ph), mode="replicate")[0] if ph or pw else img
