@@ -549,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=("tile", "resize"),
         default="tile",
-        help="tile: full resolution in overlapping tiles; resize: whole frame at the model's size",
+        help="tile: full resolution in overlapping tiles; resize: whole-frame edits, the change made "
+        "at the model's size added to the full-size photo",
     )
     pp.set_defaults(func=cmd_apply)
     export.add_command(sub)
