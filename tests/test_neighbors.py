@@ -131,6 +131,14 @@ def test_retrieval_augmented_generator_learns_to_copy_its_neighbour(tmp_path):
     for a, b in zip(got, again):  # deterministic for a seed
         assert all(torch.equal(a[k], b[k]) for k in a)
 
+    # a concept the bank holds is never retrieved for itself when excluded (the benchmark tunes
+    # on training concepts that way)
+    seen, query = [], bundle.bank.query
+    bundle.bank.query = lambda p, k, mask=None: (seen.append(mask), query(p, k, mask))[1]
+    generate_lora(bundle, ["g0-0", "g1-2"], encoder=enc, exclude=["g0-0", None])
+    ids = bundle.bank.concept_ids
+    assert seen[0][0].tolist() == [c == "g0-0" for c in ids] and not seen[0][1].any()
+    bundle.bank.query = query
     # what the untrained model returns: the similarity-weighted blend of the 3 nearest
     rows, sims = bundle.bank.query(enc.encode(texts).pooled, 3)
     w = blend_weights(sims).numpy()

@@ -277,7 +277,7 @@ def _initial(init: str, text: str, md: ModelDir, preset, enc, train):
         baselines = WeightBaselines.from_dataset(str(md.dataset))
     (lora,), _ = initial_loras(
         init, [text], sample=preset.sample, bundle=bundle, baselines=baselines, encoder=enc,
-        pairs=[train],
+        pairs=[tuple(t[:8] for t in train)],  # 8 pairs, as the generator was trained with
     )  # fmt: skip
     return lora
 

@@ -110,7 +110,10 @@ class WeightGenerator:
         one = isinstance(texts, str)
         batch = [texts] if one else list(texts)
         if pairs is not None:
-            pairs = [_pairs(p) for p in ([pairs] if one else pairs)]
+            per_text = [pairs] if one else list(pairs)
+            if len(per_text) != len(batch):
+                raise WeightgenError(f"{len(per_text)} pair sets for {len(batch)} texts")
+            pairs = [_pairs(p) for p in per_text]
         states = generate_lora(
             self.bundle, batch, encoder=self.encoder, steps=steps, seed=seed, pairs=pairs
         )
@@ -120,8 +123,10 @@ class WeightGenerator:
 
 def _pairs(p) -> tuple[Tensor, Tensor] | None:
     """A pairs folder, or (inputs, targets) tensors, or None -> (inputs, targets) or None."""
-    if p is None or isinstance(p, tuple):
-        return p
+    if p is None:
+        return None
+    if isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(t, Tensor) for t in p):
+        return p[0], p[1]
     from weightgen.concepts.sources import open_pair_folder
 
     src = open_pair_folder(p, "pairs")  # the text is unused here: only the images are read
@@ -142,8 +147,9 @@ class Base:
         state, preset = load_base(_sub(path, "base", "generator.safetensors"))
         return cls(state, preset)
 
-    def editor(self, lora: LoRA, text: str | None = None):
-        """weightgen.apply.Editor for `lora`, conditioned on `text` (default: the LoRA's)."""
+    def editor(self, lora: LoRA, text: str | None = None, device=None):
+        """weightgen.apply.Editor for `lora`, conditioned on `text` (default: the LoRA's), run on
+        `device` (default: CUDA when there is one, else the CPU)."""
         from weightgen.apply import Editor
         from weightgen.gan import build_concept_model
         from weightgen.text import get_encoder
@@ -155,7 +161,7 @@ class Base:
             self._encoder = get_encoder(self.preset.text_model, self.preset.gan.max_text_tokens)
         tb = self._encoder.encode([text])
         g = build_concept_model("lora", self.preset.gan, self.preset.lora, self.state, lora.state)
-        return Editor(g, tb.tokens[:1], tb.mask[:1], self.preset.gan.image_size)
+        return Editor(g, tb.tokens[:1], tb.mask[:1], self.preset.gan.image_size, device=device)
 
     @torch.no_grad()
     def apply(

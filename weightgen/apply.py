@@ -94,10 +94,15 @@ def _starts(length: int, size: int, stride: int) -> list[int]:
 
 class Editor:
     """base + LoRA, ready to edit images. `model`: E2GANGenerator with the LoRA loaded (eval);
-    `tokens`, `mask`: the concept text's (1, L, D) tokens and (1, L) mask."""
+    `tokens`, `mask`: the concept text's (1, L, D) tokens and (1, L) mask. The model runs on
+    `device` (default: CUDA when there is one); images go in and come back on the CPU."""
 
-    def __init__(self, model, tokens: Tensor, mask: Tensor, size: int, batch: int = 16):
-        self.model, self.tokens, self.mask = model.eval(), tokens, mask
+    def __init__(
+        self, model, tokens: Tensor, mask: Tensor, size: int, batch: int = 16, device=None
+    ):
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(dev).eval()
+        self.tokens, self.mask, self.device = tokens.to(dev), mask.to(dev), dev
         self.size, self.batch = size, batch
 
     @torch.no_grad()
@@ -107,10 +112,10 @@ class Editor:
 
         out = []
         for i in range(0, x.shape[0], self.batch):
-            xb = x[i : i + self.batch]
+            xb = x[i : i + self.batch].to(self.device)
             n = xb.shape[0]
             y = self.model(to_model(xb), self.tokens.expand(n, -1, -1), self.mask.expand(n, -1))
-            out.append(from_model(y))
+            out.append(from_model(y).float().cpu())
         return torch.cat(out)
 
     def edit(self, img: Tensor, mode: str = "tile") -> Tensor:
@@ -126,7 +131,7 @@ class Editor:
             change = self._run(x) - x  # (1, 3, S, S)
             up = F.interpolate(change, size=(h, w), mode="bilinear", align_corners=False)
             return (img + up[0]).clamp(0, 1)
-        # reflect-pad to at least one tile, then overlapping tiles blended by ramp weights
+        # edge-pad to at least one tile, then overlapping tiles blended by ramp weights
         ph, pw = max(0, s - h), max(0, s - w)
         x = F.pad(img[None], (0, pw, 0, ph), mode="replicate")[0] if ph or pw else img
         H, W = x.shape[-2:]

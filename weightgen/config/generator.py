@@ -14,6 +14,7 @@ LOSS_WEIGHTS = ("uniform", "sensitivity")  # TrainConfig.loss_weight
 _RESUME_FIXED = (
     "size", "per_block", "use_block_index", "model_overrides", "batch_size", "seed", "stream",
     "paraphrases", "loss_weight", "neighbors", "neighbor_family_drop", "pair_features",
+    "pair_drop_prob",
 )  # fmt: skip
 # ... and, when streaming, these too (the DataLoader workers set the number of stream parts)
 _RESUME_FIXED_STREAM = ("epoch_samples", "shuffle_buffer", "num_workers")

@@ -49,7 +49,7 @@ def edit_features(x: Tensor, y: Tensor) -> Tensor:
     if x.ndim != 4 or x.shape != y.shape or x.shape[1] != 3 or x.shape[0] < 1:
         raise ValueError(f"pairs: expected two (n, 3, H, W) tensors, got {tuple(x.shape)} and "
                          f"{tuple(y.shape)}")  # fmt: skip
-    x, y = _resize(x.float().clamp(0, 1)), _resize(y.float().clamp(0, 1))
+    x, y = (_resize(t.detach().float().cpu().clamp(0, 1)) for t in (x, y))
     d = y - x
     dims = (0, 2, 3)
     stats = [t.mean(dims) for t in (x, y, d)] + [t.std(dims) for t in (x, y, d)]  # 6 x (3,)

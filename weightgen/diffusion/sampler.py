@@ -258,11 +258,13 @@ def generate_lora(
     init: list[dict[str, Tensor]] | None = None,
     strength: float = 1.0,
     pairs: list[tuple[Tensor, Tensor] | None] | None = None,
+    exclude: list[str | None] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Texts -> one LoRA state dict per text ({name: tensor} in the generator's layout, CPU fp32).
 
     `pairs`: per text, a few (inputs, targets) (n, 3, H, W) in [0, 1] of the concept's edit, or
     None; a generator trained with pair_features reads their description (others refuse them).
+    `exclude`: per text, a concept id a retrieval-augmented generator may not retrieve.
 
     `encoder` (a weightgen.text.TextEncoder) overrides the text model recorded at training.
     `init`: one LoRA per text to refine instead of starting from pure noise (e.g. the training
@@ -312,7 +314,11 @@ def generate_lora(
         feats, missing = pair_features(pairs)
         nb = {"pair_features": feats.to(dev), "drop_pairs": missing.to(dev)}
     if bank is not None:  # the K training concepts nearest in text (B, K), and their blocks
-        rows, sims = bank.query(pooled, model.config.num_neighbors)
+        excl = None  # (B, M) bool: the bank rows each text may not retrieve
+        if exclude is not None:
+            ids = bank.concept_ids
+            excl = torch.tensor([[cid == e for cid in ids] for e in exclude], dtype=torch.bool)
+        rows, sims = bank.query(pooled, model.config.num_neighbors, excl)
         nb.update(neighbors=bank.gather(rows).to(dev), neighbor_sims=sims.to(dev))
     blocks = sample_blocks(
         model,

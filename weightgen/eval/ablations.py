@@ -219,6 +219,8 @@ def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) ->
     if cfg.get("image_loss") and not cfg.get("base"):
         # the image loss runs the base the data set was collected on
         cfg["base"] = str(run / "base")
+    if cfg.get("neighbors") or cfg.get("pair_features"):
+        cfg["stream"] = False  # both read the in-memory data set
     if not torch.cuda.is_available():
         cfg["threads"] = 1
     train_generator(data, gen, TrainConfig.from_dict(cfg), resume=(gen / "checkpoints").is_dir())

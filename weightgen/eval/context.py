@@ -56,8 +56,12 @@ class BenchContext:
         kw = {"guidance": 0.0} if self.empty_text else {}
         if init is not None:
             kw.update(init=init, strength=strength)
-        if concepts is not None and self.bundle.model.config.pair_dim:
-            kw["pairs"] = [tuple(t[:8] for t in train_pairs(c, self.preset)) for c in concepts]
+        if concepts is not None:
+            # a retrieval-augmented generator never retrieves the concept itself (a tuning
+            # concept from the training set is in its bank)
+            kw["exclude"] = [c.id for c in concepts]
+            if self.bundle.model.config.pair_dim and not self.empty_text:
+                kw["pairs"] = [tuple(t[:8] for t in train_pairs(c, self.preset)) for c in concepts]
         loras, seconds = timed_generate(self.bundle, texts, encoder=self.enc, steps=steps, **kw)
         return loras, seconds / len(texts)
 

@@ -195,7 +195,11 @@ def method_inits(
         inits[REFINED], offsets[REFINED] = refined, [s] * n
     if "random-text" in methods:
         drawn = [other_family_text(c, cfg.seed) for c in concepts]
-        rand, s = ctx.generate([t for t, _ in drawn], cfg.sample_steps, concepts=concepts)
+        # another concept's text, and (for a generator that reads pairs) that concept's pairs
+        from weightgen.concepts import get_concept
+
+        others = [get_concept(cid) for _, cid in drawn]
+        rand, s = ctx.generate([t for t, _ in drawn], cfg.sample_steps, concepts=others)
         inits["random-text"], offsets["random-text"] = rand, [s] * n
         info["random-text"] = [{"text": t, "concept": cid} for t, cid in drawn]
     if "best-by-loss" in methods:
