@@ -14,6 +14,7 @@ from weightgen.data import ShardWriter, WeightSample
 from weightgen.diffusion import GeneratorError, generate_lora, load_generator
 from weightgen.diffusion.model import BlockDiT
 from weightgen.diffusion.pairs import PAIR_DIM, edit_features, pair_features
+from weightgen.errors import WeightgenError
 from weightgen.text import TextBatch
 from weightgen.train import TrainError, train_generator
 from weightgen.train.data import load_train_data
@@ -122,6 +123,12 @@ def test_pairs_tell_apart_what_the_text_cannot(tmp_path):
     assert api.reads_pairs and not WeightGenerator(text_only, enc).reads_pairs
     for from_api, sd in zip(api.generate(texts, pairs=pairs, seed=1), got):
         assert all(torch.equal(from_api.state[k], sd[k]) for k in sd)
+    # one text with [x, y] as a list: the first row of the batch (the same noise, the same pairs)
+    one = api.generate(texts[0], pairs=list(pairs[0]), seed=1)
+    for k in got[0]:
+        torch.testing.assert_close(one.state[k], got[0][k])
+    with pytest.raises(WeightgenError, match="one pair set per text"):
+        api.generate(texts[:2], pairs=pairs[0])
     blind = generate_lora(text_only, texts, encoder=enc, seed=1)  # at best the mean LoRA
     assert np.median(err(got)) < 0.3 * np.median(err(blind)), (err(got), err(blind))
     # the same generator without pairs falls back to its null description (text alone)

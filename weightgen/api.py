@@ -110,6 +110,8 @@ class WeightGenerator:
         one = isinstance(texts, str)
         batch = [texts] if one else list(texts)
         if pairs is not None:
+            if not one and _pairs_given(pairs):
+                raise WeightgenError("several texts: pass a list with one pair set per text")
             per_text = [pairs] if one else list(pairs)
             if len(per_text) != len(batch):
                 raise WeightgenError(f"{len(per_text)} pair sets for {len(batch)} texts")
@@ -121,11 +123,16 @@ class WeightGenerator:
         return loras[0] if one else loras
 
 
+def _pairs_given(p) -> bool:
+    """Whether `p` is one (inputs, targets) pair of tensors."""
+    return isinstance(p, tuple | list) and len(p) == 2 and all(isinstance(t, Tensor) for t in p)
+
+
 def _pairs(p) -> tuple[Tensor, Tensor] | None:
     """A pairs folder, or (inputs, targets) tensors, or None -> (inputs, targets) or None."""
     if p is None:
         return None
-    if isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(t, Tensor) for t in p):
+    if _pairs_given(p):
         return p[0], p[1]
     from weightgen.concepts.sources import open_pair_folder
 
