@@ -1,0 +1,18 @@
+#!/bin/bash
+# The tiny benchmark, both splits, from nothing or from what runs/tiny already holds (each stage is
+# reused when complete, fine-tunes resume per concept). Code pinned at 9ad3c6f in a worktree so that
+# commits made while it runs do not change it mid-run:
+#   nohup setsid runs/tiny-bench.sh > runs/tiny-bench.log 2>&1 &
+set -e
+cd "$(dirname "$0")/.."
+PIN=9ad3c6f
+WT=${BENCH_WORKTREE:-/work/bench}
+[ -d "$WT/weightgen" ] || git worktree add -f "$WT" "$PIN" --detach
+[ -x .venv/bin/weightgen ] || make venv
+export PYTHONPATH=$WT DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled
+export TOKENIZERS_PARALLELISM=false PYTHONNOUSERSITE=1
+for split in heldout novel; do
+  date
+  .venv/bin/weightgen benchmark --config configs/tiny.toml --split $split --out runs/tiny --workers 2
+done
+date
