@@ -5,13 +5,13 @@ its weights; zero_to_fp32 export (export_fp32) of ZeRO-1 and ZeRO-3 checkpoints.
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from _configs import PLAIN, sets
+from _procs import start, stop
 from test_train import make_synthetic_dataset
 from test_train_dist import REPO, RTOL, TORCHRUN, losses, torchrun
 
@@ -94,10 +94,7 @@ def test_rank_killed_mid_run_resumes_from_last_complete(data, straight, tmp_path
     ]  # fmt: skip
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     env["PYTHONWARNINGS"] = "ignore"
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
+    proc = start(cmd, env, cwd=REPO, quiet=True)
     try:
         deadline = time.monotonic() + 180
         while not complete_checkpoints(run):
@@ -109,9 +106,7 @@ def test_rank_killed_mid_run_resumes_from_last_complete(data, straight, tmp_path
         os.kill(max(workers), signal.SIGKILL)  # one rank dies; torchrun tears down the other
         assert proc.wait(timeout=60) != 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop([proc])
     last = complete_checkpoints(run)[-1][0]
     assert 3 <= last < STEPS, last  # else the kill came too late to test anything
 

@@ -4,11 +4,10 @@ torch.compile, ZeRO 1/2/3 throughput beside the ZeRO paper's model-state floor).
 
 import json
 import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
+from _procs import run
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -20,17 +19,7 @@ def test_gpu_check_script_runs_on_cpu_at_tiny_shapes(tmp_path):
     env = {**os.environ, "SIZE": "tiny", "BLOCKS": "8", "SAMPLES": "16", "BATCH": "4",
            "STEPS": "2", "OUT": str(tmp_path / "out"), "DS_ACCELERATOR": "cpu",
            "PYTHON": sys.executable, "PYTHONWARNINGS": "ignore"}  # fmt: skip
-    proc = subprocess.Popen(
-        ["bash", str(REPO / "cluster" / "launch" / "gpu_check.sh")], env=env, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, output[-4000:]
+    run(["bash", str(REPO / "cluster" / "launch" / "gpu_check.sh")], env, cwd=tmp_path, timeout=900)
     out = tmp_path / "out"
     eager, compiled = (json.loads((out / f).read_text()) for f in ("mfu.json", "mfu-compile.json"))
     assert [r["compile"] for r in eager + compiled] == [False, True]

@@ -3,12 +3,12 @@ torchrun ranks (gloo) splitting the texts round-robin."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _procs import free_port, run, summary
 from safetensors import safe_open
 from test_train import cfg, make_synthetic_dataset
 
@@ -92,20 +92,7 @@ def torchrun_sample(generator: Path, texts: Path, out: Path, timeout: float = 18
         "--out", str(out), "--batch-size", "2",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, output[-4000:]
-    lines = [ln for ln in output.splitlines() if ln.startswith("summary: ")]
-    assert len(lines) == 1, output[-4000:]  # rank 0 only
-    return json.loads(lines[0][len("summary: ") :])
+    return summary(run(cmd, env, cwd=REPO, timeout=timeout))  # rank 0 only
 
 
 @pytest.mark.dist
@@ -130,11 +117,7 @@ def test_two_ranks_split_round_robin_and_rerun_skips(generator, tmp_path):
 @pytest.mark.dist
 def test_launch_script_c10d_rendezvous(generator, tmp_path):
     """cluster/launch/torchrun.sh on one node: env.sh + c10d rendezvous on 127.0.0.1."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out, texts = tmp_path / "loras", texts_file(tmp_path)
     launch = REPO / "cluster" / "launch"
     for script in ("env.sh", "torchrun.sh", "train.sbatch"):
@@ -144,19 +127,8 @@ def test_launch_script_c10d_rendezvous(generator, tmp_path):
     env.update(NCCL_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
     cmd = ["bash", str(launch / "torchrun.sh"), "jobs/sample.py", "--generator", str(generator)]
     cmd += ["--texts", str(texts), "--out", str(out), "--batch-size", "4"]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, output[-4000:]
-    summary = json.loads(output.split("summary: ")[1].splitlines()[0])
-    assert summary["world_size"] == 2 and summary["written"] == len(TEXTS)
+    done = summary(run(cmd, env, timeout=180))
+    assert done["world_size"] == 2 and done["written"] == len(TEXTS)
     check_outputs(out, generator)
 
 

@@ -6,13 +6,12 @@ The first multi-process DeepSpeed run on a machine JIT-builds a shm comm op (~35
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from _configs import PLAIN, sets
+from _procs import run, summary
 from test_train import make_synthetic_dataset
 
 from weightgen.diffusion import load_generator
@@ -40,20 +39,7 @@ def torchrun(data: Path, out: Path, *extra: str, timeout: float = 240) -> dict:
         "OMP_NUM_THREADS": "1",
         "PYTHONWARNINGS": "ignore",
     }
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:  # the timeout hit: stop torchrun and its workers (its group)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, output[-4000:]
-    lines = [ln for ln in output.splitlines() if ln.startswith("summary: ")]
-    assert len(lines) == 1, output[-4000:]  # rank 0 only
-    return json.loads(lines[0][len("summary: ") :])
+    return summary(run(cmd, env, cwd=REPO, timeout=timeout))
 
 
 def losses(out: Path) -> dict[int, float]:

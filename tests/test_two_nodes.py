@@ -3,15 +3,12 @@ per "node", c10d rendezvous on 127.0.0.1), as every node of a cluster would run 
 under DeepSpeed ZeRO-2, is resumed by a second two-node launch (`RESUME=1`), and its losses match
 a single-node two-rank run of the same steps."""
 
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 
 import pytest
 from _configs import PLAIN, sets
+from _procs import finish, free_port, start, summary
 from test_train import make_synthetic_dataset
 from test_train_dist import REPO, RTOL, losses, torchrun
 
@@ -26,46 +23,20 @@ TRAIN = [
 ]  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def two_nodes(data, out, *extra: str, resume: bool = False, timeout: float = 300) -> dict:
     """Both nodes' launches side by side; returns rank 0's summary (printed by node 0 only)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1"}
     env.update(MASTER_PORT=str(port), RDZV_ID=f"two-nodes-{port}", PYTHON=sys.executable)
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.update(NCCL_SOCKET_IFNAME="lo", RESUME="1" if resume else "0")
     cmd = ["bash", str(REPO / "cluster" / "launch" / "torchrun.sh"), "jobs/train.py"]
     cmd += ["--data", str(data), "--out", str(out), *TRAIN, *extra]
-    procs = [
-        subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        for _ in range(2)
-    ]
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:  # a timeout: stop each launch's torchrun and its worker (their groups)
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+    procs = [start(cmd, env) for _ in range(2)]
+    outputs = finish(procs, timeout)
     for p, text in zip(procs, outputs):
         assert p.returncode == 0, text[-4000:]
-    lines = [ln for text in outputs for ln in text.splitlines() if ln.startswith("summary: ")]
-    assert len(lines) == 1, "\n".join(t[-2000:] for t in outputs)  # global rank 0 only
-    return json.loads(lines[0][len("summary: ") :])
+    return summary(*outputs)  # global rank 0 only
 
 
 def test_two_node_launch_trains_and_resumes(tmp_path):

@@ -1,0 +1,73 @@
+"""Launchers a test starts (torchrun, the cluster scripts): each in a session of its own, its
+stdout and stderr captured together, and its whole process group SIGKILLed by PID when the test
+times out or fails, so no rank or worker outlives the test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Sequence
+
+
+def start(cmd: Sequence[str], env: dict[str, str], cwd=None, quiet: bool = False):
+    """`cmd` in a new session (its PID is its process group's); output piped unless `quiet`."""
+    out = subprocess.DEVNULL if quiet else subprocess.PIPE
+    err = subprocess.DEVNULL if quiet else subprocess.STDOUT
+    return subprocess.Popen(
+        list(cmd), cwd=cwd, env=env, stdout=out, stderr=err, text=True, start_new_session=True
+    )
+
+
+def stop(procs) -> None:
+    """SIGKILL every launch still running, its process group and every descendant, and reap it.
+    Descendants count apart: torchrun starts each rank in a session of its own, so a SIGKILLed
+    torchrun would leave its ranks running."""
+    import psutil
+
+    for p in procs:
+        if p.poll() is not None:
+            continue
+        try:
+            kids = psutil.Process(p.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            kids = []
+        os.killpg(p.pid, signal.SIGKILL)
+        for k in kids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                k.kill()
+        p.wait()
+        psutil.wait_procs(kids, timeout=30)
+
+
+def finish(procs, timeout: float) -> list[str]:
+    """Each launch's whole output once it exits; on a timeout or error every group is killed."""
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        stop(procs)
+
+
+def run(cmd: Sequence[str], env: dict[str, str], *, timeout: float, cwd=None) -> str:
+    """One launch to its end; asserts exit 0 (the output's tail in the message)."""
+    proc = start(cmd, env, cwd=cwd)
+    (output,) = finish([proc], timeout)
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def summary(*outputs: str) -> dict:
+    """The one `summary: {json}` line over all outputs (rank 0 prints it, no other rank does)."""
+    lines = [ln for text in outputs for ln in text.splitlines() if ln.startswith("summary: ")]
+    assert len(lines) == 1, "\n".join(t[-2000:] for t in outputs)
+    return json.loads(lines[0][len("summary: ") :])
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a rendezvous the launch binds a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
