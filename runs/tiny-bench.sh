@@ -8,11 +8,16 @@ cd "$(dirname "$0")/.."
 PIN=9ad3c6f
 WT=${BENCH_WORKTREE:-/work/bench}
 [ -d "$WT/weightgen" ] || git worktree add -f "$WT" "$PIN" --detach
+[ "$(git -C "$WT" rev-parse HEAD)" = "$(git rev-parse "$PIN^{commit}")" ] || git -C "$WT" checkout -q --detach "$PIN"
 [ -x .venv/bin/weightgen ] || make venv
 export PYTHONPATH=$WT DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled
 export TOKENIZERS_PARALLELISM=false PYTHONNOUSERSITE=1
 for split in heldout novel; do
   date
+  if [ $split = novel ] && [ -f runs/tiny/heldout/sweep.json ]; then
+    # the sweep runs on validation concepts, the same for both splits: its runs are reused
+    mkdir -p runs/tiny/novel && cp -rn runs/tiny/heldout/sweep* runs/tiny/novel/
+  fi
   .venv/bin/weightgen benchmark --config configs/tiny.toml --split $split --out runs/tiny --workers 2
 done
 date
