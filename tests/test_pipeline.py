@@ -272,6 +272,18 @@ def _resweep_only_the_generated_row(run, out, sweep, monkeypatch):
     assert again["table"]["generated"] == sweep["table"]["generated"]  # same seed, same runs
     assert json.loads((out / "sweep.json").read_text())["keys"] == sweep["keys"]
 
+    # a sweep cut short: its table is gone, its finished runs (OUT/sweep/) are reused, a missing
+    # one is run again
+    (out / "sweep.json").unlink()
+    full = sorted(out.glob("sweep/*.json"))
+    lost = [f for f in full if json.loads(f.read_text())["runs"].keys() > {"generated"}][0]
+    lost.unlink()
+    swept.clear()
+    resumed = S.sweep_learning_rates(ctx, cfg, out, choices)
+    assert len(swept) == 1 and len(swept[0]) == len(cfg.trained) - 1  # all but scratch (fixed)
+    # the same runs as the benchmark's own sweep (not the planted lora-zero row: its table is gone)
+    assert resumed["table"] == sweep["table"] and resumed["best"] == sweep["best"]
+
 
 @pytest.mark.slow
 @pytest.mark.ray

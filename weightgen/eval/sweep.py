@@ -1,11 +1,14 @@
 """Learning rates chosen on the validation split (training concepts never collected; never held-out
 or novel ones): each method's rate from a sweep, cached per method in sweep.json under the
-settings it depends on."""
+settings it depends on; each of its fine-tunes is saved as it finishes (OUT/sweep/), so a sweep
+cut short resumes."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,43 @@ def sweep_keys(
     return {m: {**common, **own.get(m, {})} for m in methods}
 
 
+def _resumable(jobs: list[dict], keys: dict, todo: list[str], out: Path, workers: int) -> list:
+    """concept_runs of every sweep job, each saved as it finishes (OUT/sweep/CONCEPT-LR-KEY.json,
+    {"key", "runs"}) and reused under the same key (the swept methods' `sweep_keys`, the concept
+    and the rate), so a sweep cut short goes on where it stopped."""
+    folder = out / "sweep"
+    names, job_keys, results = [], [], []
+    for job in jobs:
+        lr = job["lrs"][todo[0]]
+        part = {"keys": {m: keys[m] for m in todo}, "concept": job["concept_id"], "lr": repr(lr)}
+        job_keys.append(
+            hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()
+        )
+        names.append(f"{job['concept_id']}-{lr!r}-{job_keys[-1][:12]}.json")
+        try:
+            rec = json.loads((folder / names[-1]).read_text())
+        except (OSError, ValueError):
+            rec = {}
+        results.append({"runs": rec["runs"]} if rec.get("key") == job_keys[-1] else None)
+    left = [i for i, r in enumerate(results) if r is None]
+    if len(left) < len(jobs):
+        print(f"  lr sweep: reusing {len(jobs) - len(left)} finished runs in {folder}")
+
+    def save(j: int, res: dict) -> None:
+        i = left[j]
+        results[i] = res
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{names[i]}.tmp"
+        tmp.write_text(json.dumps({"key": job_keys[i], "runs": res["runs"]}) + "\n")
+        os.replace(tmp, folder / names[i])
+
+    if left:
+        run_tasks(
+            concept_runs, [jobs[i] for i in left], workers=workers, desc="lr sweep", on_result=save
+        )
+    return results
+
+
 def sweep_learning_rates(ctx: BenchContext, cfg: BenchConfig, out: Path, choices: Choices) -> dict:
     """Best rate per method on validation concepts. Cached in out/sweep.json per method: a method
     whose settings (`sweep_keys`) are unchanged keeps its row and is not trained again."""
@@ -118,7 +158,7 @@ def sweep_learning_rates(ctx: BenchContext, cfg: BenchConfig, out: Path, choices
                     preview=0,
                 )
             )
-    results = run_tasks(concept_runs, jobs, workers=cfg.workers, desc="lr sweep")
+    results = _resumable(jobs, keys, todo, out, cfg.workers)
     for m in todo:
         table[m] = {}
         for lr in cfg.sweep_lrs:
