@@ -1,11 +1,12 @@
 #!/bin/bash
 # The tiny benchmark, both splits, from nothing or from what runs/tiny already holds (each stage is
-# reused when complete, fine-tunes resume per concept). Code pinned at 9ad3c6f in a worktree so that
-# commits made while it runs do not change it mid-run:
+# reused when complete; the generator, the sweep and the fine-tunes resume). The code is pinned in
+# a worktree so that commits made while it runs do not change it: base, data set and the generator
+# up to its committed checkpoint were made at 9ad3c6f; d719e15 adds only the resumable sweep.
 #   nohup setsid runs/tiny-bench.sh > runs/tiny-bench.log 2>&1 &
 set -e
 cd "$(dirname "$0")/.."
-PIN=9ad3c6f
+PIN=d719e15
 WT=${BENCH_WORKTREE:-/work/bench}
 [ -d "$WT/weightgen" ] || git worktree add -f "$WT" "$PIN" --detach
 [ "$(git -C "$WT" rev-parse HEAD)" = "$(git rev-parse "$PIN^{commit}")" ] || git -C "$WT" checkout -q --detach "$PIN"
