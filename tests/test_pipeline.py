@@ -244,6 +244,7 @@ def test_bad_inputs_one_line(run, tmp_path, capsys):
 
 
 def _resweep_only_the_generated_row(run, out, sweep, monkeypatch):
+    from weightgen import pool
     from weightgen.config import BenchConfig
     from weightgen.eval import sweep as S
     from weightgen.eval.context import BenchContext
@@ -254,13 +255,13 @@ def _resweep_only_the_generated_row(run, out, sweep, monkeypatch):
     stale["table"]["lora-zero"] = {"0.001": {"score": 99.0, "final": 1.0, "collapsed": 0},
                                    "0.005": {"score": 1.0, "final": 99.0, "collapsed": 0}}  # fmt: skip
     (out / "sweep.json").write_text(json.dumps(stale))
-    swept, real = [], S.run_tasks
+    swept, real = [], pool.run_tasks
 
     def spy(fn, jobs, **kw):
         swept.extend(sorted(j["inits"]) for j in jobs)
         return real(fn, jobs, **kw)
 
-    monkeypatch.setattr(S, "run_tasks", spy)
+    monkeypatch.setattr(pool, "run_tasks", spy)
     cfg = BenchConfig(sweep_concepts=1, sweep_steps=3, sweep_lrs=(1e-3, 5e-3),
                       lrs={"scratch": 0.002}, workers=1, refine_strength=0.5,
                       blend=0.5)  # fmt: skip
@@ -537,7 +538,7 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
     # a rerun resumes: every stage reused, the fine-tuned concept read back as it was saved
     again = run_pipeline(demo, recipe)
     out = capsys.readouterr().out
-    assert "generator: reusing" in out and "fine-tunes: reusing 1 finished concepts" in out
+    assert "generator: reusing" in out and "fine-tune: reusing 1 finished of 1" in out
     assert again["runs"] == rep["runs"]
     # the novel split of a run whose recipe holds no family out: one line, exit 2
     rc = main(["benchmark", "--out", str(demo), "--config", PLAIN, "--split", "novel"])

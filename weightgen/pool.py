@@ -119,3 +119,29 @@ def run_tasks(
 
 def _call(fn, job: dict, keys: list[str], *values):
     return fn(**dict(zip(keys, values)), **job)
+
+
+def run_resumable(
+    fn: Callable[..., T],
+    jobs: list[dict],
+    cached: list[T | None],
+    *,
+    save: Callable[[int, T], None],
+    workers: int,
+    desc: str,
+) -> list[T]:
+    """`run_tasks` for the jobs whose `cached[i]` is None, the others reused; each new result is
+    passed to `save(i, result)` (i: its index in `jobs`) as it finishes, so an interrupted run
+    resumes where it stopped."""
+    results = list(cached)
+    left = [i for i, r in enumerate(results) if r is None]
+    if len(left) < len(jobs):
+        print(f"  {desc}: reusing {len(jobs) - len(left)} finished of {len(jobs)}")
+
+    def on_result(j: int, res: T) -> None:
+        results[left[j]] = res
+        save(left[j], res)
+
+    if left:
+        run_tasks(fn, [jobs[i] for i in left], workers=workers, desc=desc, on_result=on_result)
+    return results

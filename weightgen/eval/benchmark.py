@@ -26,7 +26,7 @@ from weightgen.eval.finetunes import concept_runs
 from weightgen.eval.protocol import select_concepts
 from weightgen.eval.report import append_sections
 from weightgen.eval.sweep import sweep_learning_rates
-from weightgen.pool import run_tasks
+from weightgen.pool import run_resumable
 
 
 def run_benchmark(
@@ -133,21 +133,11 @@ def run_benchmark(
                 }
             )
         )
-    results: list = [cache.get(c.id, k) for c, k in zip(chosen, keys)]
-    todo = [i for i, r in enumerate(results) if r is None]
-    if len(todo) < len(jobs):
-        print(f"  fine-tunes: reusing {len(jobs) - len(todo)} finished concepts in {cache.dir}")
-
-    def save(j: int, res: dict) -> None:
-        i = todo[j]
-        results[i] = res
-        cache.put(chosen[i].id, keys[i], res)
-
-    if todo:
-        run_tasks(
-            concept_runs, [jobs[i] for i in todo], workers=cfg.workers, desc="fine-tune",
-            on_result=save,
-        )  # fmt: skip
+    results = run_resumable(
+        concept_runs, jobs, [cache.get(c.id, k) for c, k in zip(chosen, keys)],
+        save=lambda i, res: cache.put(chosen[i].id, keys[i], res), workers=cfg.workers,
+        desc="fine-tune",
+    )  # fmt: skip
     runs = {c.id: res["runs"] for c, res in zip(chosen, results)}
 
     # 4. report

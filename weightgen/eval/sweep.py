@@ -18,7 +18,7 @@ from weightgen.eval.context import BenchContext
 from weightgen.eval.finetunes import concept_runs
 from weightgen.eval.inits import Choices, method_inits, tuning_concepts
 from weightgen.eval.metrics import COLLAPSE_DB
-from weightgen.pool import run_tasks
+from weightgen.pool import run_resumable
 
 SWEEP_CRITERION = (
     "median log-step quality; "
@@ -88,23 +88,14 @@ def _resumable(jobs: list[dict], keys: dict, todo: list[str], out: Path, workers
         except (OSError, ValueError):
             rec = {}
         results.append({"runs": rec["runs"]} if rec.get("key") == job_keys[-1] else None)
-    left = [i for i, r in enumerate(results) if r is None]
-    if len(left) < len(jobs):
-        print(f"  lr sweep: reusing {len(jobs) - len(left)} finished runs in {folder}")
 
-    def save(j: int, res: dict) -> None:
-        i = left[j]
-        results[i] = res
+    def save(i: int, res: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{names[i]}.tmp"
         tmp.write_text(json.dumps({"key": job_keys[i], "runs": res["runs"]}) + "\n")
         os.replace(tmp, folder / names[i])
 
-    if left:
-        run_tasks(
-            concept_runs, [jobs[i] for i in left], workers=workers, desc="lr sweep", on_result=save
-        )
-    return results
+    return run_resumable(concept_runs, jobs, results, save=save, workers=workers, desc="lr sweep")
 
 
 def sweep_learning_rates(ctx: BenchContext, cfg: BenchConfig, out: Path, choices: Choices) -> dict:
