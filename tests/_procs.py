@@ -31,11 +31,12 @@ def stop(procs) -> None:
     for p in procs:
         if p.poll() is not None:
             continue
-        try:
+        kids = []
+        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+            os.killpg(p.pid, signal.SIGSTOP)  # the launcher starts nothing more while listed
             kids = psutil.Process(p.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            kids = []
-        os.killpg(p.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
         for k in kids:
             with contextlib.suppress(psutil.NoSuchProcess):
                 k.kill()
