@@ -1,6 +1,6 @@
 """Launchers a test starts (torchrun, the cluster scripts): each in a session of its own, its
-stdout and stderr captured together, and its whole process group SIGKILLed by PID when the test
-times out or fails, so no rank or worker outlives the test."""
+stdout and stderr captured together, and its process group and every descendant SIGKILLed by PID
+when the test times out or fails, so no rank or worker outlives the test."""
 
 from __future__ import annotations
 

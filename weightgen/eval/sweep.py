@@ -6,7 +6,6 @@ cut short resumes."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from typing import Any
 
 from weightgen.config import BLENDED, REFINED, BenchConfig
 from weightgen.eval.context import BenchContext
-from weightgen.eval.finetunes import concept_runs
+from weightgen.eval.finetunes import FinetuneCache, concept_runs
 from weightgen.eval.inits import Choices, method_inits, tuning_concepts
 from weightgen.eval.metrics import COLLAPSE_DB
 from weightgen.pool import run_resumable
@@ -79,9 +78,7 @@ def _resumable(jobs: list[dict], keys: dict, todo: list[str], out: Path, workers
     for job in jobs:
         lr = job["lrs"][todo[0]]
         part = {"keys": {m: keys[m] for m in todo}, "concept": job["concept_id"], "lr": repr(lr)}
-        job_keys.append(
-            hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()
-        )
+        job_keys.append(FinetuneCache.job_key(part))
         names.append(f"{job['concept_id']}-{lr!r}-{job_keys[-1][:12]}.json")
         try:
             rec = json.loads((folder / names[-1]).read_text())
