@@ -250,6 +250,7 @@ def test_bench_config_rejects_bad_settings_and_adds_refined_and_blended_only_whe
     for bad, msg in (
         (dict(methods=("blended",)), "unknown bench.methods"),  # blended not asked for
         (dict(split="test"), "bench.split must be one of"),
+        (dict(split="train"), "bench.split must be one of"),  # training concepts: never evaluated
         (dict(knn_k=()), "knn_k must be"),
         (dict(refine_strength=0.0), "refine_strength must be in"),
         (dict(refine_strength=1.2), "refine_strength must be in"),

@@ -543,6 +543,10 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
     # the novel split of a run whose recipe holds no family out: one line, exit 2
     rc = main(["benchmark", "--out", str(demo), "--config", PLAIN, "--split", "novel"])
     _one_line_error(capsys, rc, "the recipe's novel split is empty")
+    rc = main(["evaluate", "--generator", str(demo / "generator"), "--out", str(tmp_path / "v"),
+               "--config", PLAIN, "--split", "validation"])  # fmt: skip
+    _one_line_error(capsys, rc, "validation split is empty: the run's base was trained with no "
+                    "[split] validation_per_family")  # fmt: skip
 
 
 def concepts_heldout():

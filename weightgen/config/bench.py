@@ -17,7 +17,9 @@ TRAINED = ("scratch", "lora-zero", "generated", "nearest", "mean")
 # generator fed another family's concept text
 RETRIEVAL = ("knn-blend", "best-by-loss", "nearest-noise")
 CONTROLS = ("random-text",)
-SPLITS = ("heldout", "novel")  # the splits a benchmark evaluates (weightgen.concepts.splits)
+# the splits a benchmark evaluates (weightgen.concepts.splits); `validation` (training families'
+# concepts never collected) is where recipes and levers are chosen, its report is not a result
+SPLITS = ("heldout", "novel", "validation")
 # opt-in (BenchConfig.refine_strength): the nearest training LoRA refined by one denoising step of
 # the generator from noise level `refine_strength` (SDEdit), so retrieval and generation combine
 REFINED = "refined"
@@ -28,7 +30,8 @@ BLENDED = "blended"
 
 @dataclass
 class BenchConfig:
-    split: str = "heldout"  # evaluated split: heldout (seen families) or novel (unseen families)
+    # evaluated split: heldout (seen families), novel (unseen families), validation (choices)
+    split: str = "heldout"
     # trained methods (empty: TRAINED + RETRIEVAL + CONTROLS, and refined / blended when set)
     methods: tuple[str, ...] = ()
     per_family: int = 2  # evaluated concepts fine-tuned per family

@@ -51,9 +51,10 @@ def run_benchmark(
     if cfg.step0_concepts is not None:  # a subset spread over the families
         held = interleave(held)[: cfg.step0_concepts]
     if not held:
+        field = "validation_per_family" if cfg.split == "validation" else "novel_families"
         raise WeightgenError(
             f"the recipe's {cfg.split} split is empty: the run's base was trained with no "
-            "[split] novel_families"
+            f"[split] {field}"
         )
     out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
@@ -266,6 +267,14 @@ def run_benchmark(
         "ablations": ablation_rows,
         "runs": runs,
         "headline": {
+            **(
+                {
+                    "validation": "concepts for choosing recipes and levers, not a result (its "
+                    "tuned choices come from these same concepts)"
+                }
+                if cfg.split == "validation"
+                else {}
+            ),
             f"{cfg.split} concepts": f"{len(held)} at step 0, {len(chosen)} fine-tuned "
             f"({cfg.per_family} per family"
             + (f" after the first {cfg.skip_per_family}" if cfg.skip_per_family else "")

@@ -23,8 +23,9 @@ def add_evaluate_parser(sub) -> None:
     pe.add_argument(
         "--split",
         default=None,
-        choices=("heldout", "novel"),
-        help="evaluated split (default: the recipe's bench.split)",
+        choices=("heldout", "novel", "validation"),
+        help="evaluated split (default: the recipe's bench.split); validation: where a recipe "
+        "or lever is chosen",
     )
     pe.add_argument("--out", required=True, help="report folder")
     add_config_args(pe)
