@@ -216,6 +216,16 @@ def test_bad_inputs_one_line(run, tmp_path, capsys):
     _one_line_error(capsys, rc, "non-empty")
     rc = main(["sample", "--generator", gen, "--out", str(tmp_path / "a.safetensors")])
     _one_line_error(capsys, rc, "no text given")
+    pairs = str(_pairs_folder(tmp_path / "pairs"))
+    two = ["--text", "x", "--text", "y", "--pairs", pairs, "--out", str(tmp_path / "many")]
+    rc = main(["sample", "--generator", gen, *two])
+    _one_line_error(capsys, rc, "--pairs describes one concept")
+    one = ["--text", "x", "--pairs", pairs, "--out", str(tmp_path / "a.safetensors")]
+    rc = main(["sample", "--generator", gen, *one])  # the miniature generator reads text only
+    _one_line_error(capsys, rc, "trained without pair features: --pairs needs a generator")
+    rc = main(["sample", "--generator", gen, *one, "--init", "mean"])
+    _one_line_error(capsys, rc, "--init mean ignores it")
+    assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "many").exists()
     other = tmp_path / "rank4base"
     save_base(other, E2GANGenerator(_preset(4).gan).state_dict(), _preset(4), {})
     rc = main(

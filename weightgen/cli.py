@@ -182,88 +182,6 @@ def cmd_train(args) -> int:
     return train_main(args.train_argv)
 
 
-def _read_texts(args) -> list[str]:
-    from weightgen.errors import WeightgenError
-
-    texts = list(args.text or [])
-    if args.texts:
-        try:
-            texts += [t.strip() for t in Path(args.texts).read_text().splitlines() if t.strip()]
-        except OSError as e:
-            raise WeightgenError(f"cannot read --texts {args.texts}: {e.strerror or e}") from None
-    if not texts:
-        raise WeightgenError('no text given: pass --text "..." (repeatable) or --texts FILE')
-    if any(not t.strip() for t in texts):
-        raise WeightgenError("concept text must be a non-empty string")
-    return texts
-
-
-def _check_base_fits(bundle, base_dir: Path) -> tuple[dict, object]:
-    """The base's LoRA layout must be the generator's, or the sampled LoRA cannot load."""
-    from weightgen.blocks import BlockLayout, LayoutMismatchError
-    from weightgen.collect.job import lora_template
-    from weightgen.gan import load_base
-
-    base_state, preset = load_base(base_dir)
-    layout = BlockLayout.from_state_dict(lora_template(preset), block_size=bundle.layout.block_size)
-    if layout.hash != bundle.layout.hash:
-        raise LayoutMismatchError(
-            f"layout mismatch between generator and base {base_dir}: the generator makes "
-            f"{bundle.layout.num_params} LoRA values in {bundle.layout.num_blocks} blocks, this base "
-            f"takes {layout.num_params} in {layout.num_blocks} (pass the base it was trained for)"
-        )
-    return base_state, preset
-
-
-def cmd_sample(args) -> int:
-    import time
-
-    from safetensors.torch import save_file
-
-    from weightgen.config import load_config, save_resolved
-    from weightgen.data import open_storage
-    from weightgen.diffusion import load_generator
-    from weightgen.initial import WeightBaselines
-    from weightgen.lorafiles import sample_settings, write_index, write_loras
-
-    recipe = load_config(args.config, args.set)
-    sc = recipe.sample
-    texts = _read_texts(args)
-    bundle = load_generator(args.generator)
-    base_dir = Path(args.base) if args.base else Path(args.generator).resolve().parent / "base"
-    if args.base or base_dir.is_dir():
-        _check_base_fits(bundle, base_dir)
-    baselines = None
-    if args.init != "generated":  # retrieval: the training LoRAs beside the generator
-        data = args.dataset or str(Path(args.generator).resolve().parent / "dataset")
-        baselines = WeightBaselines.from_dataset(data)
-    settings = sample_settings(str(args.generator), bundle.layout.hash, sc, args.init)
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    if len(texts) == 1 and out.suffix == ".safetensors":
-        from weightgen.initial import initial_loras
-
-        check_parent_writable(str(out))
-        (lora,), (info,) = initial_loras(
-            args.init, texts, sample=sc, bundle=bundle, baselines=baselines
-        )
-        meta = {**{k: str(v) for k, v in {**settings, **info}.items()}, "text": texts[0]}
-        tmp = out.with_name(f".{out.name}.tmp")
-        save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp), metadata=meta)
-        tmp.replace(out)
-    else:  # a folder: weightgen.lorafiles' scheme, as jobs/sample.py writes it
-        check_dir_writable(out)
-        storage = open_storage(str(out))
-        items = list(enumerate(texts))
-        write_loras(storage, items, settings, sample=sc, batch_size=64, init=args.init,
-                    bundle=bundle, baselines=baselines)  # fmt: skip
-        write_index(storage, texts, settings)
-        save_resolved(recipe, out, source=args.config, overrides=args.set)
-    seconds = time.perf_counter() - t0
-    print(f"{args.init}: {len(texts)} LoRA(s) in {seconds:.2f} s ({sc.steps} step(s)); wrote {out}")
-    return 0
-
-
 def cmd_finetune(args) -> int:
     import dataclasses
 
@@ -363,6 +281,7 @@ def cmd_apply(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from weightgen.config import add_config_args
     from weightgen.eval.command import add_evaluate_parser
+    from weightgen.sampling import add_sample_parser
 
     p = argparse.ArgumentParser(
         prog="weightgen", description="Generate initial GAN weights from the text of a concept."
@@ -468,23 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     ri.add_argument("--out", default=None, help="markdown file (default: ROOT.md)")
     ri.set_defaults(func=cmd_results_index)
 
-    pa = sub.add_parser("sample", help="text -> a new concept's initial LoRA (.safetensors)")
-    pa.add_argument("--generator", required=True, help="generator folder (RUN/generator)")
-    pa.add_argument("--text", action="append", help="concept text (repeatable: one batch)")
-    pa.add_argument("--texts", help="file with one text per line")
-    pa.add_argument("--out", required=True, help="FILE.safetensors (one text) or a folder")
-    add_config_args(pa)
-    pa.add_argument(
-        "--init",
-        choices=["generated", "nearest", "mean", "blended"],
-        default="generated",
-        help="generated (the generator's sample), nearest / mean (retrieval from the training "
-        "LoRAs), blended (sample.blend x generated + the rest nearest)",
-    )
-    pa.add_argument("--dataset", default=None, help="training data set for retrieval (default: "
-                    "RUN/dataset beside the generator)")  # fmt: skip
-    pa.add_argument("--base", default=None, help="base folder to check the layout against")
-    pa.set_defaults(func=cmd_sample)
+    add_sample_parser(sub)
 
     pf = sub.add_parser("finetune", help="fine-tune one concept from an initialisation")
     pf.add_argument("--concept", required=True, help="concept id (weightgen concepts list)")
