@@ -10,6 +10,8 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Sequence
 
 
@@ -45,9 +47,26 @@ def stop(procs) -> None:
 
 
 def finish(procs, timeout: float) -> list[str]:
-    """Each launch's whole output once it exits; on a timeout or error every group is killed."""
+    """Each launch's whole output once every launch has exited, within `timeout` seconds in all;
+    on a timeout or error every group is killed. Every pipe is drained at once (a thread each), so
+    a launch that writes much while another is awaited never blocks on a full pipe."""
+    outs = [""] * len(procs)
+
+    def drain(i: int, p) -> None:
+        outs[i] = p.stdout.read() if p.stdout is not None else ""
+
+    readers = [
+        threading.Thread(target=drain, args=(i, p), daemon=True) for i, p in enumerate(procs)
+    ]
+    for t in readers:
+        t.start()
+    deadline = time.monotonic() + timeout
     try:
-        return [p.communicate(timeout=timeout)[0] for p in procs]
+        for p in procs:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for t in readers:  # EOF once the launch and every descendant holding the pipe are gone
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        return list(outs)
     finally:
         stop(procs)
 

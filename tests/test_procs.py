@@ -45,3 +45,18 @@ def test_summary_is_the_one_rank_zero_line():
     for bad in (("none here",), ("summary: {}", "summary: {}")):
         with pytest.raises(AssertionError):
             summary(*bad)
+
+
+def test_a_talkative_launch_does_not_block_on_its_pipe(tmp_path):
+    """The first launch waits for a file the second writes only after 1 MB of output (16 pipe
+    buffers): read one pipe at a time, the second blocks on its pipe and the pair hangs."""
+    flag = tmp_path / "flag"
+    waiter = (
+        f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.01)\nprint('a')"
+    )
+    talker = (
+        f"import sys\nsys.stdout.write('x' * 2**20)\nsys.stdout.flush()\nopen({str(flag)!r}, 'w')"
+    )
+    procs = [start([sys.executable, "-c", code], dict(os.environ)) for code in (waiter, talker)]
+    a, b = finish(procs, timeout=120)
+    assert a == "a\n" and b == "x" * 2**20
