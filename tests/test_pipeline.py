@@ -715,7 +715,7 @@ def test_readme_python_example_runs(run, tmp_path, monkeypatch):
     block = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     photo = _pairs_folder(tmp_path / "pairs") / "A" / "p0.png"
     monkeypatch.chdir(tmp_path)
-    code = block.replace('"runs/demo"', repr(str(run))).replace('"photo.jpg"', repr(str(photo)))
+    code = block.replace('"models/tiny"', repr(str(run))).replace('"photo.jpg"', repr(str(photo)))
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
     assert scope["edited"][0].shape == (3, 40, 48)
