@@ -324,6 +324,13 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     pr = json.loads((tmp_path / "p" / "report.json").read_text())
     (only,) = pr["runs"].values()
     assert {m: r["curve"][-1]["step"] for m, r in only.items()} == dict.fromkeys(only, 10)
+    # step 0 alone (how levers are compared): best-by-loss, scored only on fine-tuned concepts,
+    # has none to score
+    step0 = ["evaluate", "--generator", str(run / "generator"), "--out", str(tmp_path / "s0"),
+             "--config", PLAIN, *sets(bench__finetune=False, bench__step0_concepts=2)]  # fmt: skip
+    assert main(step0) == 0, capsys.readouterr().err
+    s0 = json.loads((tmp_path / "s0" / "report.json").read_text())
+    assert s0["runs"] == {} and len(s0["step0"]) == 2
     assert main(argv) == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["methods"]) == {"base", "scratch", "lora-zero", "generated", "nearest", "mean",

@@ -151,6 +151,8 @@ def method_inits(
     inits: dict[str, list] = {m: [None] * n for m in methods}
     offsets: dict[str, list[float]] = {m: [0.0] * n for m in methods}
     info: dict[str, list[dict]] = {m: [{} for _ in range(n)] for m in methods}
+    if not n:  # e.g. best-by-loss with no concept fine-tuned (bench.finetune = false)
+        return inits, offsets, info
     # retrieval is timed as sampling is: the batch's text encoding and search, per concept
     t0 = time.perf_counter()
     tb = ctx.enc.encode(texts)
