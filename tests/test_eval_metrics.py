@@ -291,6 +291,46 @@ def test_ablation_names_are_checked_and_refine_takes_a_strength():
             check_ablations([bad])
 
 
+def test_combined_ablations_train_their_levers_together(tmp_path, monkeypatch):
+    import weightgen.train
+    from weightgen.errors import ConfigError
+    from weightgen.eval.ablations import (
+        NEIGHBOR_FAMILY_DROP,
+        ablation_generator,
+        check_ablations,
+        combined,
+    )
+
+    assert check_ablations(["neighbors4+pairs"]) == ["neighbors4+pairs"]
+    assert combined("neighbors4+pairs+no-text-noise") == {
+        "neighbors": 4,
+        "neighbor_family_drop": NEIGHBOR_FAMILY_DROP,
+        "pair_features": True,
+        "text_noise": 0.0,
+    }
+    assert combined("pairs") is None
+    for bad, msg in (
+        ("ddim10+pairs", "'ddim10' cannot be combined"),  # sampling-time
+        ("block128+pairs", "'block128' cannot be combined"),  # its own data set
+        ("nope+pairs", "'nope' cannot be combined"),
+        ("neighbors0+pairs", "retrieve at least 1 neighbour"),
+        ("text-noise+no-text-noise", r"two parts set \['text_noise'\]"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            check_ablations([bad])
+    # the variant generator is the reference's recipe with every part's fields
+    seen = {}
+    monkeypatch.setattr(
+        weightgen.train, "train_generator", lambda data, out, cfg, resume: seen.update(cfg=cfg)
+    )
+    ref = {"train_config": {"max_steps": 7, "seed": 3, "text_noise": 0.5}}
+    gen = ablation_generator(tmp_path, tmp_path / "out", "neighbors4+pairs", ref)
+    assert gen == tmp_path / "out" / "ablations" / "neighbors4+pairs" / "generator"
+    cfg = seen["cfg"]
+    assert (cfg.neighbors, cfg.pair_features, cfg.stream) == (4, True, False)
+    assert (cfg.max_steps, cfg.seed, cfg.text_noise) == (7, 3, 0.5)
+
+
 def test_blend_loras_is_the_weighted_mean_of_aligned_loras_and_checks_its_inputs():
     import torch
 

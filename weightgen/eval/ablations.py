@@ -27,6 +27,8 @@ OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   neighborsK              conditioned on the K training LoRAs nearest in text, starting from
                           their blend (weightgen.diffusion.neighbors); own family left out of
                           a quarter of the training retrievals (NEIGHBOR_FAMILY_DROP)
+  A+B                     training-time ablations on the run's data set together (e.g.
+                          neighbors4+pairs)
 Every row is measured the same way: quality at step 0 (PSNR / SSIM, medians over every held-out
 concept) and how often it beats the nearest and the mean training LoRA.
 """
@@ -90,8 +92,44 @@ def blend_weight(name: str) -> float | None:
     return a
 
 
+def _lever(name: str) -> dict | None:
+    """The generator fields a training-time ablation on the run's own data set changes (None:
+    not one): a TRAINING entry without a re-cut, or neighborsK."""
+    nk = _NEIGHBORS.fullmatch(name)
+    if nk:
+        if int(nk.group(1)) < 1:
+            raise ConfigError(f"ablation {name!r}: retrieve at least 1 neighbour")
+        return {"neighbors": int(nk.group(1)), "neighbor_family_drop": NEIGHBOR_FAMILY_DROP}
+    spec = TRAINING.get(name)
+    return dict(spec["train"]) if spec and set(spec) == {"train"} else None
+
+
+def combined(name: str) -> dict | None:
+    """The merged generator fields of `A+B[+...]`, training-time ablations trained together (e.g.
+    neighbors4+pairs); None for a name without '+'. A part that is not such an ablation, or two
+    parts setting one field, is an error."""
+    if "+" not in name:
+        return None
+    fields: dict = {}
+    for part in name.split("+"):
+        lever = _lever(part)
+        if lever is None:
+            raise ConfigError(
+                f"ablation {name!r}: {part!r} cannot be combined (only training-time ablations on "
+                "the run's data set: neighborsK and the generator settings)"
+            )
+        if set(lever) & set(fields):
+            raise ConfigError(
+                f"ablation {name!r}: two parts set {sorted(set(lever) & set(fields))}"
+            )
+        fields.update(lever)
+    return fields
+
+
 def check_ablations(names: list[str]) -> list[str]:
     for n in names:
+        if combined(n) is not None:
+            continue
         nk = _NEIGHBORS.fullmatch(n)
         if nk and int(nk.group(1)) < 1:
             raise ConfigError(f"ablation {n!r}: retrieve at least 1 neighbour")
@@ -111,6 +149,7 @@ def check_ablations(names: list[str]) -> list[str]:
                     "neighborsK (e.g. neighbors4)",
                     "refineS (e.g. refine0.5)",
                     "blendA (e.g. blend0.25)",
+                    "A+B (training-time ablations together, e.g. neighbors4+pairs)",
                 ]
             )
             raise ConfigError(f"unknown ablation {n!r}; choose from: {known}")
@@ -194,12 +233,9 @@ def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) ->
 
     spec = dict(TRAINING.get(name, {}))
     k = _CONCEPTS.fullmatch(name)
-    nk = _NEIGHBORS.fullmatch(name)
-    if nk:
-        spec["train"] = {
-            "neighbors": int(nk.group(1)),
-            "neighbor_family_drop": NEIGHBOR_FAMILY_DROP,
-        }
+    both = combined(name)
+    if _NEIGHBORS.fullmatch(name) or both is not None:
+        spec["train"] = both if both is not None else _lever(name)
     folder = out / "ablations" / name
     gen = folder / "generator"
     if (gen / "generator.json").is_file():
