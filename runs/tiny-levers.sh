@@ -2,14 +2,15 @@
 # Issue 25's levers on the tiny run, chosen on the validation split (training families' concepts
 # that were never collected), never on heldout or novel concepts: each lever's generator is trained
 # like runs/tiny/generator (same recipe, steps and seed; one intra-op thread) under
-# runs/tiny/levers/ablations/NAME/generator, resumed from its last checkpoint, and after each
-# `weightgen evaluate --split validation` writes the finished ones' step-0 rows beside the reference's and the
-# sampling-time ablations' (runs/tiny/levers/report.md). Needs runs/tiny/generator finished.
+# runs/tiny/levers/ablations/NAME/generator, resumed from its last checkpoint; after each,
+# `weightgen evaluate --split validation` writes the finished ones' step-0 rows beside the
+# reference's and the sampling-time ablations' (runs/tiny/levers/report.md). Needs
+# runs/tiny/generator finished. The training code is the tiny generator's (unchanged since 9ad3c6f).
 #   nohup setsid runs/tiny-levers.sh > runs/tiny/levers/levers.log 2>&1 &
 set -e
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
-PIN=${LEVERS_PIN:-6f9924d}  # the first commit with `evaluate --split validation`
+PIN=${LEVERS_PIN:-0530cea}  # evaluate --split validation, step-0-only fix, A+B ablations
 WT=${LEVERS_WORKTREE:-/work/levers}
 [ -d "$WT/weightgen" ] || git worktree add -f "$WT" "$PIN" --detach
 [ "$(git -C "$WT" rev-parse HEAD)" = "$(git rev-parse "$PIN^{commit}")" ] || git -C "$WT" checkout -q --detach "$PIN"
@@ -43,5 +44,8 @@ evaluate() {  # the step-0 rows of every finished lever and of the sampling-time
 train neighbors4 --set generator.neighbors=4 --set generator.neighbor_family_drop=0.25
 evaluate
 train pairs --set generator.pair_features=true
+evaluate
+train neighbors4+pairs --set generator.neighbors=4 --set generator.neighbor_family_drop=0.25 \
+  --set generator.pair_features=true
 evaluate
 date
