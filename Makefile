@@ -34,7 +34,7 @@ run: venv
 	$(BIN)/weightgen demo --config demo --out runs/demo
 
 test: venv
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -ra tests
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -ra --durations=25 tests
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
