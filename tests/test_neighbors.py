@@ -187,3 +187,37 @@ def test_neighbours_with_the_image_loss_resume_exactly(tmp_path):
     with pytest.raises(Exception, match="neighbors"):  # a resumed run keeps its retrieval
         train_generator(ds, tmp_path / "b", TrainConfig(**{**common, "neighbors": 3},
                         max_steps=9), resume=True, progress=False)  # fmt: skip
+
+
+def test_a_neighbour_pool_varies_the_training_neighbours(tmp_path):
+    from weightgen.config import ConfigError, TrainConfig
+    from weightgen.eval.ablations import check_ablations, combined
+
+    planted_dataset(tmp_path / "ds", groups=3)
+    top = load_train_data(tmp_path / "ds", neighbors=2)
+    pooled = load_train_data(tmp_path / "ds", neighbors=2, pool=5)
+    assert pooled.neighbor_index["concept"][0].shape == (12, 5)
+    prows, psims = pooled.neighbor_index["concept"]
+    idx = torch.arange(12)
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(50):
+        blocks, sims = pooled.neighbors(idx, 0.0, g)
+        assert blocks.shape[:2] == (12, 2) and sims.shape == (12, 2)
+        assert bool((sims[:, 0] >= sims[:, 1]).all())  # most similar first
+        for i in range(12):  # each drawn neighbour is one of the sample's five nearest
+            rows = [int((psims[i] == s).nonzero()[0, 0]) for s in sims[i]]
+            assert torch.equal(blocks[i], pooled.bank.gather(prows[i, rows][None])[0])
+        seen.add(tuple(sims[0].tolist()))
+    assert len(seen) > 3  # the pairs drawn vary
+    # without a pool, always the two nearest
+    blocks, sims = top.neighbors(idx, 0.0, g)
+    torch.testing.assert_close(sims, psims[:, :2])
+    assert torch.equal(blocks, pooled.bank.gather(prows[:, :2]))
+    with pytest.raises(ConfigError, match="neighbor_pool .3. draws the neighbours from a pool"):
+        TrainConfig(neighbors=4, neighbor_pool=3)
+    with pytest.raises(ConfigError, match="neighbor_pool"):
+        TrainConfig(neighbor_pool=3)  # no neighbours to draw
+    assert combined("neighbors4-pool12+pairs")["neighbor_pool"] == 12
+    with pytest.raises(ConfigError, match="the pool must hold at least K"):
+        check_ablations(["neighbors4-pool2"])

@@ -13,8 +13,8 @@ LOSS_WEIGHTS = ("uniform", "sensitivity")  # TrainConfig.loss_weight
 # config values that fix the model or the data order: a resumed run must keep them
 _RESUME_FIXED = (
     "size", "per_block", "use_block_index", "model_overrides", "batch_size", "seed", "stream",
-    "paraphrases", "loss_weight", "neighbors", "neighbor_family_drop", "pair_features",
-    "pair_drop_prob",
+    "paraphrases", "loss_weight", "neighbors", "neighbor_family_drop", "neighbor_pool",
+    "pair_features", "pair_drop_prob",
 )  # fmt: skip
 # ... and, when streaming, these too (the DataLoader workers set the number of stream parts)
 _RESUME_FIXED_STREAM = ("epoch_samples", "shuffle_buffer", "num_workers")
@@ -91,6 +91,10 @@ class TrainConfig:
     # 0: text only. In-memory data sets only
     neighbors: int = 0
     neighbor_family_drop: float = 0.0
+    # M > K: in training, each step's K neighbours are drawn at random (most similar first) from
+    # the M nearest, so that a concept's neighbour set varies and cannot be learnt by heart;
+    # sampling always takes the K nearest. 0: the K nearest in training too
+    neighbor_pool: int = 0
     # conditioning on the concept's own examples (weightgen.diffusion.pairs): each training sample
     # carries the description of 8 of its concept's collection pairs, replaced by a learned null
     # with probability `pair_drop_prob` (so text alone still works). Catalogue concepts only
@@ -149,6 +153,11 @@ class TrainConfig:
             raise ConfigError(f"last_t_frac must be in [0, 1], got {self.last_t_frac}")
         if self.neighbors < 0 or not 0.0 <= self.neighbor_family_drop <= 1.0:
             raise ConfigError("neighbors must be >= 0 and neighbor_family_drop in [0, 1]")
+        if self.neighbor_pool and not 0 < self.neighbors <= self.neighbor_pool:
+            raise ConfigError(
+                f"neighbor_pool ({self.neighbor_pool}) draws the neighbours from a pool at least "
+                f"as large as neighbors ({self.neighbors} > 0), or is 0"
+            )
         if (self.neighbors or self.pair_features) and self.stream:
             raise ConfigError(
                 "neighbors and pair_features work on the in-memory data set only; drop stream"

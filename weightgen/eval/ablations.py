@@ -27,6 +27,7 @@ OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   neighborsK              conditioned on the K training LoRAs nearest in text, starting from
                           their blend (weightgen.diffusion.neighbors); own family left out of
                           a quarter of the training retrievals (NEIGHBOR_FAMILY_DROP)
+  neighborsK-poolM        the same, each training step's K drawn at random from the M nearest
   A+B                     training-time ablations on the run's data set together (e.g.
                           neighbors4+pairs)
 Every row is measured the same way: quality at step 0 (PSNR / SSIM, medians over every held-out
@@ -62,7 +63,7 @@ TRAINING = {
     "pairs": {"train": {"pair_features": True}},
 }
 _CONCEPTS = re.compile(r"concepts(\d+)$")
-_NEIGHBORS = re.compile(r"neighbors(\d+)$")
+_NEIGHBORS = re.compile(r"neighbors(\d+)(?:-pool(\d+))?$")
 # a prior, not tuned: a concept of an unseen family retrieves only other families' LoRAs, and a
 # quarter of the training retrievals are made to look like that
 NEIGHBOR_FAMILY_DROP = 0.25
@@ -99,7 +100,12 @@ def _lever(name: str) -> dict | None:
     if nk:
         if int(nk.group(1)) < 1:
             raise ConfigError(f"ablation {name!r}: retrieve at least 1 neighbour")
-        return {"neighbors": int(nk.group(1)), "neighbor_family_drop": NEIGHBOR_FAMILY_DROP}
+        lever = {"neighbors": int(nk.group(1)), "neighbor_family_drop": NEIGHBOR_FAMILY_DROP}
+        if nk.group(2) is not None:
+            if int(nk.group(2)) < lever["neighbors"]:
+                raise ConfigError(f"ablation {name!r}: the pool must hold at least K neighbours")
+            lever["neighbor_pool"] = int(nk.group(2))
+        return lever
     spec = TRAINING.get(name)
     return dict(spec["train"]) if spec and set(spec) == {"train"} else None
 
@@ -130,9 +136,8 @@ def check_ablations(names: list[str]) -> list[str]:
     for n in names:
         if combined(n) is not None:
             continue
-        nk = _NEIGHBORS.fullmatch(n)
-        if nk and int(nk.group(1)) < 1:
-            raise ConfigError(f"ablation {n!r}: retrieve at least 1 neighbour")
+        if _NEIGHBORS.fullmatch(n):
+            _lever(n)  # K >= 1, pool >= K
         if (
             n not in SAMPLING
             and n not in TRAINING
@@ -146,7 +151,7 @@ def check_ablations(names: list[str]) -> list[str]:
                     *SAMPLING,
                     *TRAINING,
                     "conceptsK (e.g. concepts50)",
-                    "neighborsK (e.g. neighbors4)",
+                    "neighborsK[-poolM] (e.g. neighbors4, neighbors4-pool12)",
                     "refineS (e.g. refine0.5)",
                     "blendA (e.g. blend0.25)",
                     "A+B (training-time ablations together, e.g. neighbors4+pairs)",

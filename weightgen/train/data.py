@@ -80,6 +80,8 @@ class TrainData:
     # neighbor_family_drop, without its own family ("family"): (rows (M, K), similarities (M, K))
     bank: NeighborBank | None = None
     neighbor_index: dict[str, tuple[Tensor, Tensor]] | None = None
+    # K neighbours the model takes; the index holds a pool of M >= K, drawn from every step
+    neighbor_k: int = 0
     # conditioning on examples (load_train_data(pair_features=True)): each sample's description of
     # its concept's collection pairs (weightgen.diffusion.pairs), (M, PAIR_DIM)
     pair_feats: Tensor | None = None
@@ -92,7 +94,8 @@ class TrainData:
         self, idx: Tensor, family_drop: float, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         """Samples idx (b,) -> their neighbours' blocks (b, K, N, S) and similarities (b, K);
-        each sample's own family is left out with probability `family_drop`."""
+        each sample's own family is left out with probability `family_drop`; from a pool of M > K,
+        K of the M drawn at random, kept most similar first."""
         rows, sims = self.neighbor_index["concept"]
         rows, sims = rows[idx], sims[idx]
         if family_drop > 0:
@@ -100,6 +103,11 @@ class TrainData:
             frows, fsims = self.neighbor_index["family"]
             rows = torch.where(away[:, None], frows[idx], rows)
             sims = torch.where(away[:, None], fsims[idx], sims)
+        k = self.neighbor_k or rows.shape[1]
+        if rows.shape[1] > k:
+            draw = torch.rand(rows.shape, generator=generator).argsort(dim=1)[:, :k]
+            pos = draw.sort(dim=1).values  # (b, K): the pool is sorted by similarity
+            rows, sims = rows.gather(1, pos), sims.gather(1, pos)
         return self.bank.gather(rows), sims
 
     def model_kwargs(self, idx: Tensor, family_drop: float, generator: torch.Generator) -> dict:
@@ -254,12 +262,14 @@ def load_train_data(
     paraphrases: bool = False,
     neighbors: int = 0,
     family: bool = False,
+    pool: int = 0,
     pair_features: bool = False,
 ) -> TrainData:
     """Read, verify and normalise a whole (small) data set; TrainError with one line on bad input.
     `paraphrases`: also encode each concept's paraphrases (TrainData.alt) for text augmentation.
     `neighbors` K > 0: the retrieval bank and index (TrainData.bank, .neighbor_index); `family`:
-    also the index without each sample's own family. `pair_features`: each sample's description of
+    also the index without each sample's own family; `pool` M > K: the index holds the M nearest,
+    K of which are drawn each step. `pair_features`: each sample's description of
     8 pairs of its catalogue concept (TrainData.pair_feats)."""
     uri = str(uri)
     st, manifest, layout, stats, layout_bytes, stats_bytes = _open_dataset(uri)
@@ -313,7 +323,7 @@ def load_train_data(
         fams = [m.get("family") or c for m, c in zip(metas, ids)]  # no family: its own
         bank, own = NeighborBank.from_samples(x0, pooled_t, ids, fams)
         try:
-            index = bank.training_index(own, neighbors, family)
+            index = bank.training_index(own, max(neighbors, pool), family)
         except ValueError as e:
             raise TrainError(
                 f"data set {uri} ({bank.size} concepts, {len(set(bank.families))} families): "
@@ -336,6 +346,7 @@ def load_train_data(
         alt=alt,
         bank=bank,
         neighbor_index=index,
+        neighbor_k=neighbors,
         pair_feats=_pair_feats(metas, keys, uri) if pair_features else None,
     )
 

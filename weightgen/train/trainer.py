@@ -347,6 +347,7 @@ def train_generator(
             paraphrases=cfg.paraphrases,
             neighbors=cfg.neighbors,
             family=cfg.neighbor_family_drop > 0,
+            pool=cfg.neighbor_pool,
             pair_features=cfg.pair_features,
         )
     )
