@@ -5,12 +5,13 @@
 # runs/tiny/levers/ablations/NAME/generator, resumed from its last checkpoint; after each,
 # `weightgen evaluate --split validation` writes the finished ones' step-0 rows beside the
 # reference's and the sampling-time ablations' (runs/tiny/levers/report.md). Needs
-# runs/tiny/generator finished. The training code is the tiny generator's (unchanged since 9ad3c6f).
+# runs/tiny/generator finished. Training code: the tiny generator's (9ad3c6f) plus neighbor_pool,
+# which leaves a run without a pool unchanged.
 #   nohup setsid runs/tiny-levers.sh > runs/tiny/levers/levers.log 2>&1 &
 set -e
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
-PIN=${LEVERS_PIN:-0530cea}  # evaluate --split validation, step-0-only fix, A+B ablations
+PIN=${LEVERS_PIN:-f1c72fc}  # evaluate --split validation, A+B ablations, neighbor_pool
 WT=${LEVERS_WORKTREE:-/work/levers}
 [ -d "$WT/weightgen" ] || git worktree add -f "$WT" "$PIN" --detach
 [ "$(git -C "$WT" rev-parse HEAD)" = "$(git rev-parse "$PIN^{commit}")" ] || git -C "$WT" checkout -q --detach "$PIN"
@@ -45,7 +46,8 @@ train neighbors4 --set generator.neighbors=4 --set generator.neighbor_family_dro
 evaluate
 train pairs --set generator.pair_features=true
 evaluate
-train neighbors4+pairs --set generator.neighbors=4 --set generator.neighbor_family_drop=0.25 \
-  --set generator.pair_features=true
+# neighbors4 came out no better than its own 4-nearest start (it learnt its fixed neighbour sets)
+train neighbors4-pool12 --set generator.neighbors=4 --set generator.neighbor_family_drop=0.25 \
+  --set generator.neighbor_pool=12
 evaluate
 date
