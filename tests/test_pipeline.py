@@ -564,6 +564,11 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
                "--config", PLAIN, "--split", "validation"])  # fmt: skip
     _one_line_error(capsys, rc, "validation split is empty: the run's base was trained with no "
                     "[split] validation_per_family")  # fmt: skip
+    # a family split measures only a run derived without that family
+    family = ["evaluate", "--generator", str(demo / "generator"), "--out", str(tmp_path / "f"),
+              "--config", PLAIN, "--split"]  # fmt: skip
+    _one_line_error(capsys, main([*family, "family:blur"]), "holds its concepts; evaluate a run")
+    _one_line_error(capsys, main([*family, "family:nope"]), "family:nope: not a training family")
 
 
 def concepts_heldout():

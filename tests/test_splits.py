@@ -75,3 +75,34 @@ def test_bad_split_settings_are_one_line():
         Splits(("mosaic",))
     with pytest.raises(SplitError, match="unknown split 'test'"):
         Splits().concepts("test")
+
+
+def test_a_training_family_split_is_every_training_side_concept_using_its_operations():
+    sp = Splits(NOVEL, 1)
+    fam = sp.concepts("family:vignette")
+    ops = sp.family_ops("vignette")
+    side = {c.id for c in sp.concepts("train")} | {c.id for c in sp.concepts("validation")}
+    assert {c.id for c in fam} <= side  # never a heldout or novel concept
+    assert all(_ops([c]) & ops for c in fam)
+    rest = [c for c in concepts() if c.id in side and c.id not in {f.id for f in fam}]
+    assert not _ops(rest) & ops  # what is left for the generator never uses one
+    assert {c.family for c in fam} >= {"vignette", "compose"}  # compositions using it too
+    for bad in ("family:colormap", "family:nope"):  # novel, unknown
+        with pytest.raises(SplitError, match="not a training family"):
+            sp.concepts(bad)
+
+
+def test_derive_leaves_a_family_out(tmp_path):
+    from test_pair_features import one_text_dataset
+
+    from weightgen.data import iter_samples, read_manifest
+    from weightgen.eval.ablations import derive_dataset
+
+    one_text_dataset(tmp_path / "ds")  # blur, invert, sepia, emboss: 5 concepts each
+    ops = Splits(NOVEL, 1).family_ops("sepia")
+    info = derive_dataset(str(tmp_path / "ds"), tmp_path / "d", drop_ops=ops)
+    kept = [s.meta["family"] for s in iter_samples(str(tmp_path / "d"))]
+    assert info["concepts"] == 15 and sorted(set(kept)) == ["blur", "emboss", "invert"]
+    assert read_manifest(str(tmp_path / "d")).extra["dropped_ops"] == sorted(ops)
+    with pytest.raises(ValueError, match="holds no concept using"):  # nothing to leave out
+        derive_dataset(str(tmp_path / "d"), tmp_path / "e", drop_ops=ops)

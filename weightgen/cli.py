@@ -25,11 +25,14 @@ for _k, _v in (
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from weightgen.blocks import LayoutMismatchError
-    from weightgen.concepts import UnknownConceptError
+    from weightgen.concepts import SplitError, UnknownConceptError
     from weightgen.data import DatasetError, StorageError
     from weightgen.errors import WeightgenError
 
-    return (WeightgenError, UnknownConceptError, DatasetError, StorageError, LayoutMismatchError)
+    return (
+        WeightgenError, UnknownConceptError, SplitError, DatasetError, StorageError,
+        LayoutMismatchError,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,6 +283,7 @@ def cmd_apply(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from weightgen.config import add_config_args
+    from weightgen.eval.ablations import add_derive_parser
     from weightgen.eval.command import add_evaluate_parser
     from weightgen.sampling import add_sample_parser
 
@@ -375,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=cmd_train)
 
     add_evaluate_parser(sub)
+    add_derive_parser(sub)
 
     pr = sub.add_parser("results", help="pool benchmark reports; write docs/results.md")
     rsub = pr.add_subparsers(dest="results_command", required=True)

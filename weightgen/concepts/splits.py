@@ -9,6 +9,9 @@
               collected: where the benchmark tunes its choices (rates, k, blend, noise)
   train       the rest of the catalogue's training concepts: base pre-training draws from them,
               collection collects them
+  family:F    the training-side concepts (train and validation) that use an operation of the
+              training family F: left out of a generator's data set (derive_dataset's
+              `drop_family`), they validate a choice for unseen families the way `novel` tests it
 
 The four are disjoint; `train` and `validation` never use a novel operation (tests prove it from
 the edit programs).
@@ -81,8 +84,20 @@ class Splits:
             out += [pool[(2 * j + 1) * len(pool) // (2 * v)] for j in range(v)]
         return tuple(out)
 
+    def family_ops(self, family: str) -> frozenset[str]:
+        """The operations of training family `family` (SplitError for a novel or unknown one)."""
+        if family not in FAMILIES or family in self.novel_families:
+            raise SplitError(
+                f"family:{family}: not a training family; choose from: "
+                + ", ".join(f for f in FAMILIES if f not in self.novel_families)
+            )
+        return frozenset(e.op for c in concepts() if c.family == family for e in c.program)
+
     def concepts(self, name: str) -> list[Concept]:
         """The concepts of split `name`, in catalogue order."""
+        if name.startswith("family:"):
+            ops = self.family_ops(name.removeprefix("family:"))
+            return [c for c in self._training_pool if any(e.op in ops for e in c.program)]
         if name == "train":
             held = set(self.validation)
             return [c for c in self._training_pool if c not in held]
@@ -92,7 +107,9 @@ class Splits:
             return [c for c in concepts("heldout") if not self.is_novel(c)]
         if name == "novel":
             return [c for c in concepts() if self.is_novel(c)] if self.novel_families else []
-        raise SplitError(f"unknown split {name!r}; choose from: {', '.join(SPLIT_NAMES)}")
+        raise SplitError(
+            f"unknown split {name!r}; choose from: {', '.join(SPLIT_NAMES)}, family:NAME"
+        )
 
     def collection_order(self) -> list[Concept]:
         """The training concepts, families interleaved: any prefix (`collect.limit`) covers

@@ -86,8 +86,10 @@ class BenchConfig:
         self.blend = tuple(float(b) for b in self.blend)
         self.knn_k = tuple(int(k) for k in self.knn_k)
         self.methods = tuple(self.methods)
-        if self.split not in SPLITS:
-            raise ConfigError(f"bench.split must be one of {SPLITS}, got {self.split!r}")
+        if self.split not in SPLITS and not self.split.startswith("family:"):
+            raise ConfigError(
+                f"bench.split must be one of {SPLITS} or family:NAME, got {self.split!r}"
+            )
         if not self.knn_k or min(self.knn_k) < 1 or self.best_pairs < 1 or self.hard_max_steps < 0:
             raise ConfigError("knn_k must be integers >= 1, best_pairs >= 1, hard_max_steps >= 0")
         if self.refine_strength is not None and not 0.0 < self.refine_strength <= 1.0:

@@ -162,12 +162,18 @@ def check_ablations(names: list[str]) -> list[str]:
 
 
 def derive_dataset(
-    src: str, dst: str | Path, *, block_size: int | None = None, concepts: int | None = None
+    src: str,
+    dst: str | Path,
+    *,
+    block_size: int | None = None,
+    concepts: int | None = None,
+    drop_ops: frozenset[str] = frozenset(),
 ) -> dict:
     """A copy of data set `src` at `dst`, with the LoRAs re-cut into `block_size` blocks and/or only
     `concepts` of its concepts (the first in catalogue order with families interleaved, so every
-    family keeps its share). Stats are recomputed; manifest written last. Re-cutting is exact:
-    from_blocks(old) == from_blocks(new) value for value."""
+    family keeps its share), without the catalogue concepts whose program uses an operation of
+    `drop_ops` (a family left out: Splits.family_ops). Stats are recomputed; manifest written
+    last. Re-cutting is exact: from_blocks(old) == from_blocks(new) value for value."""
     from weightgen.blocks import BlockLayout
     from weightgen.blocks.stats import BlockStatsAccumulator
     from weightgen.concepts import concepts as list_concepts
@@ -180,8 +186,20 @@ def derive_dataset(
     old = BlockLayout.from_dict(json.loads(st.read_bytes("layout.json")))
     new = BlockLayout(list(zip(old.names, old.shapes)), block_size or old.block_size)
     samples = list(iter_samples(src, expected_layout_hash=old.hash))
-    ids = list(dict.fromkeys(s.meta.get("concept_id", s.key) for s in samples))
     known = {c.id: c for c in list_concepts()}
+    if drop_ops:
+        n = len(samples)
+        samples = [
+            s
+            for s in samples
+            if not (
+                (c := known.get(s.meta.get("concept_id", s.key)))
+                and any(e.op in drop_ops for e in c.program)
+            )
+        ]
+        if len(samples) == n:
+            raise ConfigError(f"{src} holds no concept using {', '.join(sorted(drop_ops))}")
+    ids = list(dict.fromkeys(s.meta.get("concept_id", s.key) for s in samples))
     order = [c.id for c in interleave([known[i] for i in ids if i in known])]
     order += [i for i in ids if i not in known]  # other pair sources last
     seen = set(order[:concepts] if concepts is not None else order)
@@ -192,6 +210,8 @@ def derive_dataset(
     acc = BlockStatsAccumulator(new)
     extra = dict(m.extra)
     extra.update(layout=new.to_dict(), derived_from=str(src), concepts=len(seen))
+    if drop_ops:
+        extra["dropped_ops"] = sorted(drop_ops)
     extra.pop("members", None)
     with ShardWriter(
         str(dst),
@@ -303,3 +323,36 @@ def step0_row(
         "seconds_per_concept": per_s,
         "concepts": len(table),
     }
+
+
+def add_derive_parser(sub) -> None:
+    """`weightgen derive`: a data set derived from another (a family left out, a re-cut, a prefix)."""
+    p = sub.add_parser(
+        "derive",
+        help="a copy of a data set without a training family (for family:NAME validation), "
+        "re-cut into other blocks or cut to its first K concepts",
+    )
+    p.add_argument("--data", required=True, help="source data set (folder)")
+    p.add_argument("--out", required=True, help="new data set folder")
+    p.add_argument("--drop-family", default=None, metavar="NAME", help="leave out every concept "
+                   "using an operation of this training family")  # fmt: skip
+    p.add_argument(
+        "--block-size", type=int, default=None, help="re-cut the LoRAs into these blocks"
+    )
+    p.add_argument("--concepts", type=int, default=None, help="only the first K concepts")
+    p.set_defaults(func=_cmd_derive)
+
+
+def _cmd_derive(args) -> int:
+    from weightgen.concepts import Splits
+    from weightgen.paths import check_dir_writable
+
+    ops = Splits().family_ops(args.drop_family) if args.drop_family else frozenset()
+    if (Path(args.out) / "manifest.json").exists():
+        raise ConfigError(f"{args.out} already holds a data set; give a new --out")
+    check_dir_writable(Path(args.out).parent)  # the folder itself only once there is a data set
+    info = derive_dataset(args.data, args.out, block_size=args.block_size, concepts=args.concepts,
+                          drop_ops=ops)  # fmt: skip
+    print(f"wrote {args.out}: {info['samples']} samples of {info['concepts']} concepts, "
+          f"blocks of {info['block_size']}")  # fmt: skip
+    return 0

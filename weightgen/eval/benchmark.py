@@ -29,6 +29,23 @@ from weightgen.eval.sweep import sweep_learning_rates
 from weightgen.pool import run_resumable
 
 
+def check_family_left_out(splits, split: str, datasets) -> None:
+    """A family:F split measures a run whose retrieval data set and generator never saw F: each of
+    `datasets` (URIs; None skipped) must be derived without every operation of F."""
+    from weightgen.data import read_manifest
+
+    need = splits.family_ops(split.removeprefix("family:"))
+    for uri in datasets:
+        if uri is None:
+            continue
+        dropped = set(read_manifest(str(uri)).extra.get("dropped_ops", ()))
+        if not need <= dropped:
+            raise WeightgenError(
+                f"split {split}: data set {uri} holds its concepts; evaluate a run whose data set "
+                f"and generator come from `weightgen derive --drop-family {split[7:]}`"
+            )
+
+
 def run_benchmark(
     run: str | Path,
     out: str | Path,
@@ -60,6 +77,8 @@ def run_benchmark(
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
     ctx = BenchContext(run, Path(generator) if generator else None, cfg.empty_text)
+    if cfg.split.startswith("family:"):
+        check_family_left_out(splits, cfg.split, [run / "dataset", ctx.bundle.meta.get("dataset")])
     preset = ctx.preset
     methods = cfg.trained
     initialised = [m for m in methods if m not in ("scratch", "lora-zero")]
@@ -269,10 +288,10 @@ def run_benchmark(
         "headline": {
             **(
                 {
-                    "validation": "concepts for choosing recipes and levers, not a result (its "
+                    cfg.split: "concepts for choosing recipes and levers, not a result (its "
                     "tuned choices come from these same concepts)"
                 }
-                if cfg.split == "validation"
+                if cfg.split == "validation" or cfg.split.startswith("family:")
                 else {}
             ),
             f"{cfg.split} concepts": f"{len(held)} at step 0, {len(chosen)} fine-tuned "

@@ -23,9 +23,9 @@ def add_evaluate_parser(sub) -> None:
     pe.add_argument(
         "--split",
         default=None,
-        choices=("heldout", "novel", "validation"),
-        help="evaluated split (default: the recipe's bench.split); validation: where a recipe "
-        "or lever is chosen",
+        help="evaluated split: heldout, novel, validation (where a recipe or lever is chosen) or "
+        "family:NAME (a training family left out of the generator's data set; default: the "
+        "recipe's bench.split)",
     )
     pe.add_argument("--out", required=True, help="report folder")
     add_config_args(pe)
