@@ -7,8 +7,8 @@
 #   runs/user-story.sh [OUT]        (MODEL=models/tiny by default; a fresh clone needs `make venv`)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$(realpath -m "${1:-$REPO/runs/user-story}")  # a relative OUT: from where the script is run
 cd "$REPO"
-OUT=${1:-runs/user-story}
 MODEL=${MODEL:-models/tiny}
 BIN=$REPO/.venv/bin
 [ -x "$BIN/weightgen" ] || make venv

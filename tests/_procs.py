@@ -66,6 +66,8 @@ def finish(procs, timeout: float) -> list[str]:
             p.wait(timeout=max(0.0, deadline - time.monotonic()))
         for t in readers:  # EOF once the launch and every descendant holding the pipe are gone
             t.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in readers):  # a descendant still holds a pipe open
+            raise subprocess.TimeoutExpired([p.args for p in procs], timeout)
         return list(outs)
     finally:
         stop(procs)

@@ -209,3 +209,11 @@ def test_evaluate_fid_needs_a_local_weights_file(tmp_path, capsys):
     except ImportError:
         with pytest.raises(WeightgenError, match="torch-fidelity"):
             fid_metric(weights)
+
+
+def test_benchmark_refuses_a_family_split_before_training(capsys, tmp_path):
+    """A family split needs a run derived from a finished one: refused before any stage starts."""
+    rc, out, err = _run(capsys, "benchmark", "--out", str(tmp_path / "run"), "--config", PLAIN,
+                        "--set", 'bench.split="family:blur"')  # fmt: skip
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "a family split runs" in err
+    assert not (tmp_path / "run").exists()

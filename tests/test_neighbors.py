@@ -159,16 +159,18 @@ def test_neighbours_need_enough_concepts(tmp_path):
         load_train_data(tmp_path / "ds", neighbors=5)
 
 
-def test_neighbours_with_the_image_loss_resume_exactly(tmp_path):
-    """Neighbour draws (family drop included) and the image loss's neighbours are functions of
-    the step: a run stopped and resumed logs the losses of an uninterrupted one."""
+@pytest.mark.parametrize("pool", [0, 3])
+def test_neighbours_with_the_image_loss_resume_exactly(tmp_path, pool):
+    """Neighbour draws (family drop and the pool's draw included) and the image loss's neighbours
+    are functions of the step: a run stopped and resumed logs the losses of an uninterrupted
+    one."""
     from test_imageloss import IDS, _make_run
 
     base_dir, ds, _ = _make_run(tmp_path, [f"{c}-s0" for c in IDS])
     common = dict(
         batch_size=4, lr=3e-3, warmup_steps=1, ckpt_every=4, log_every=1, zero_stage=1, threads=1,
         seed=0, bf16=False, last_t_frac=0.5, ema_decay=0.0, neighbors=2, neighbor_family_drop=0.5,
-        image_loss=5.0, image_loss_samples=2, base=str(base_dir), image_loss_crops=4,
+        neighbor_pool=pool, image_loss=5.0, image_loss_samples=2, base=str(base_dir), image_loss_crops=4,
         image_loss_per_call=2,
     )  # fmt: skip
     from weightgen.config import TrainConfig
@@ -214,7 +216,9 @@ def test_a_neighbour_pool_varies_the_training_neighbours(tmp_path):
     blocks, sims = top.neighbors(idx, 0.0, g)
     torch.testing.assert_close(sims, psims[:, :2])
     assert torch.equal(blocks, pooled.bank.gather(prows[:, :2]))
-    with pytest.raises(ConfigError, match="neighbor_pool .3. draws the neighbours from a pool"):
+    with pytest.raises(
+        ConfigError, match=r"neighbor_pool \(3\) is 0 or a pool of at least `neighbors` \(4\)"
+    ):
         TrainConfig(neighbors=4, neighbor_pool=3)
     with pytest.raises(ConfigError, match="neighbor_pool"):
         TrainConfig(neighbor_pool=3)  # no neighbours to draw

@@ -106,3 +106,28 @@ def test_derive_leaves_a_family_out(tmp_path):
     assert read_manifest(str(tmp_path / "d")).extra["dropped_ops"] == sorted(ops)
     with pytest.raises(ValueError, match="holds no concept using"):  # nothing to leave out
         derive_dataset(str(tmp_path / "d"), tmp_path / "e", drop_ops=ops)
+
+
+def test_derive_command_writes_a_family_out_or_one_line(tmp_path, capsys):
+    from test_pair_features import one_text_dataset
+
+    from weightgen.cli import main
+    from weightgen.data import read_manifest
+
+    one_text_dataset(tmp_path / "ds")
+    argv = ["derive", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "d")]
+    assert main([*argv, "--drop-family", "blur"]) == 0
+    assert read_manifest(str(tmp_path / "d")).extra["concepts"] == 15
+    for extra, msg in (
+        (["--drop-family", "blur"], "already holds a data set"),
+        (["--drop-family", "nope"], "family:nope: not a training family"),
+    ):
+        capsys.readouterr()
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+    # a derivation of a derivation records both families' operations
+    assert main(["derive", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "e"),
+                 "--drop-family", "sepia"]) == 0  # fmt: skip
+    ops = Splits().family_ops("blur") | Splits().family_ops("sepia")
+    assert read_manifest(str(tmp_path / "e")).extra["dropped_ops"] == sorted(ops)

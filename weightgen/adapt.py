@@ -32,6 +32,7 @@ from weightgen.errors import WeightgenError
 
 INITS = ("generated", "nearest", "blended", "zero")
 MIN_PAIRS = 5  # 4 to train on, 1 held back (every 5th file)
+N_PAIRS = 8  # pairs a pair-conditioned generator reads per concept, as it was trained
 MAX_STEPS = 1000  # the cap of a run that trains until its plateau
 PATIENCE = 100  # plateau: no gain of MIN_GAIN dB within this many steps
 MIN_GAIN = 0.2
@@ -277,7 +278,7 @@ def _initial(init: str, text: str, md: ModelDir, preset, enc, train):
         baselines = WeightBaselines.from_dataset(str(md.dataset))
     (lora,), _ = initial_loras(
         init, [text], sample=preset.sample, bundle=bundle, baselines=baselines, encoder=enc,
-        pairs=[tuple(t[:8] for t in train)],  # 8 pairs, as the generator was trained with
+        pairs=[tuple(t[:N_PAIRS] for t in train)],
     )  # fmt: skip
     return lora
 

@@ -125,12 +125,18 @@ def cmd_benchmark(args) -> int:
     import dataclasses
 
     from weightgen.config import load_config, save_resolved
+    from weightgen.errors import WeightgenError
     from weightgen.eval.pipeline import run_pipeline
 
     preset = load_config(args.config, args.set)
     split = getattr(args, "split", None)
     if split is not None:
         preset = dataclasses.replace(preset, bench=dataclasses.replace(preset.bench, split=split))
+    if preset.bench.split.startswith("family:"):  # its run is derived from a finished one
+        raise WeightgenError(
+            f"bench.split = {preset.bench.split}: the benchmark evaluates heldout, novel or "
+            "validation; a family split runs `weightgen evaluate` on a derived run"
+        )
     run = Path(args.out)
     check_dir_writable(run)
     report = Path(args.report) if getattr(args, "report", None) else None

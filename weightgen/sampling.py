@@ -10,8 +10,6 @@ from pathlib import Path
 from weightgen.errors import WeightgenError
 from weightgen.paths import check_dir_writable, check_parent_writable
 
-N_PAIRS = 8  # pairs a pair-conditioned generator reads per concept, as it was trained
-
 
 def add_sample_parser(sub) -> None:
     """Register `sample` on the `weightgen` subparsers `sub`."""
@@ -76,7 +74,7 @@ def check_base_fits(bundle, base_dir: Path) -> tuple[dict, object]:
 def folder_pairs(folder, text: str, preset) -> tuple:
     """(x, y) of the N_PAIRS crops a pair-conditioned generator reads for the concept of `folder`:
     the first of new-concept's training crops, so both give the generator the same pairs."""
-    from weightgen.adapt import check_pairs
+    from weightgen.adapt import N_PAIRS, check_pairs
     from weightgen.concepts.sources import open_pair_folder
 
     source = open_pair_folder(folder, text)

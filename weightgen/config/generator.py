@@ -155,8 +155,8 @@ class TrainConfig:
             raise ConfigError("neighbors must be >= 0 and neighbor_family_drop in [0, 1]")
         if self.neighbor_pool and not 0 < self.neighbors <= self.neighbor_pool:
             raise ConfigError(
-                f"neighbor_pool ({self.neighbor_pool}) draws the neighbours from a pool at least "
-                f"as large as neighbors ({self.neighbors} > 0), or is 0"
+                f"neighbor_pool ({self.neighbor_pool}) is 0 or a pool of at least `neighbors` "
+                f"({self.neighbors}) to draw retrieved neighbours from; set neighbors >= 1 first"
             )
         if (self.neighbors or self.pair_features) and self.stream:
             raise ConfigError(

@@ -210,8 +210,8 @@ def derive_dataset(
     acc = BlockStatsAccumulator(new)
     extra = dict(m.extra)
     extra.update(layout=new.to_dict(), derived_from=str(src), concepts=len(seen))
-    if drop_ops:
-        extra["dropped_ops"] = sorted(drop_ops)
+    if drop_ops or "dropped_ops" in extra:  # a derivation of a derivation keeps both
+        extra["dropped_ops"] = sorted(set(extra.get("dropped_ops", ())) | set(drop_ops))
     extra.pop("members", None)
     with ShardWriter(
         str(dst),

@@ -29,21 +29,32 @@ from weightgen.eval.sweep import sweep_learning_rates
 from weightgen.pool import run_resumable
 
 
-def check_family_left_out(splits, split: str, datasets) -> None:
-    """A family:F split measures a run whose retrieval data set and generator never saw F: each of
-    `datasets` (URIs; None skipped) must be derived without every operation of F."""
+def check_family_left_out(splits, split: str, run_dataset: Path, gen_meta: dict) -> None:
+    """A family:F split measures a run whose retrieval data set and generator never saw F: both
+    must be derived without every operation of F (the generator's as its generator.json records,
+    or, for one trained before it did, as its data set's manifest says)."""
     from weightgen.data import read_manifest
 
-    need = splits.family_ops(split.removeprefix("family:"))
-    for uri in datasets:
-        if uri is None:
-            continue
-        dropped = set(read_manifest(str(uri)).extra.get("dropped_ops", ()))
-        if not need <= dropped:
+    family = split.removeprefix("family:")
+    need = splits.family_ops(family)
+    fix = (
+        "evaluate a run whose data set and generator come from "
+        f"`weightgen derive --drop-family {family}`"
+    )
+    if not need <= set(read_manifest(str(run_dataset)).extra.get("dropped_ops", ())):
+        raise WeightgenError(f"split {split}: data set {run_dataset} holds its concepts; {fix}")
+    if "dropped_ops" in gen_meta:
+        dropped = set(gen_meta["dropped_ops"])
+    else:
+        uri = gen_meta.get("dataset")
+        if not uri or not (Path(uri) / "manifest.json").is_file():
             raise WeightgenError(
-                f"split {split}: data set {uri} holds its concepts; evaluate a run whose data set "
-                f"and generator come from `weightgen derive --drop-family {split[7:]}`"
+                f"split {split}: the generator's data set {uri} is not here, so nothing tells "
+                f"whether it left {family} out; derive it again there, or {fix}"
             )
+        dropped = set(read_manifest(str(uri)).extra.get("dropped_ops", ()))
+    if not need <= dropped:
+        raise WeightgenError(f"split {split}: the generator was trained on its concepts; {fix}")
 
 
 def run_benchmark(
@@ -78,7 +89,7 @@ def run_benchmark(
         torch.set_num_threads(1)
     ctx = BenchContext(run, Path(generator) if generator else None, cfg.empty_text)
     if cfg.split.startswith("family:"):
-        check_family_left_out(splits, cfg.split, [run / "dataset", ctx.bundle.meta.get("dataset")])
+        check_family_left_out(splits, cfg.split, run / "dataset", ctx.bundle.meta)
     preset = ctx.preset
     methods = cfg.trained
     initialised = [m for m in methods if m not in ("scratch", "lora-zero")]

@@ -327,7 +327,7 @@ def load_train_data(
         except ValueError as e:
             raise TrainError(
                 f"data set {uri} ({bank.size} concepts, {len(set(bank.families))} families): "
-                f"cannot retrieve {neighbors} neighbours per sample: {e}"
+                f"cannot retrieve {max(neighbors, pool)} neighbours per sample: {e}"
             ) from None
     return TrainData(
         uri=st.uri,

@@ -528,6 +528,8 @@ def train_generator(
             "max_text_tokens": data.max_tokens,
             "text_tokens": data.has_tokens,
             "dataset": data.uri,
+            # operations its data set was derived without (weightgen derive --drop-family)
+            "dropped_ops": list(data.manifest.extra.get("dropped_ops", [])),
             "layout_hash": data.layout.hash,
             "num_samples": data.num_samples,
             "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
