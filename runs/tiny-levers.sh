@@ -11,7 +11,7 @@
 set -e
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
-PIN=${LEVERS_PIN:-f1c72fc}  # evaluate --split validation, A+B ablations, neighbor_pool
+PIN=${LEVERS_PIN:-63f17b3}  # evaluate --split validation, A+B ablations, neighbor_pool
 WT=${LEVERS_WORKTREE:-/work/levers}
 [ -d "$WT/weightgen" ] || git worktree add -f "$WT" "$PIN" --detach
 [ "$(git -C "$WT" rev-parse HEAD)" = "$(git rev-parse "$PIN^{commit}")" ] || git -C "$WT" checkout -q --detach "$PIN"

@@ -11,7 +11,7 @@ set -e
 F=${1:-posterize}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
-PIN=${LOFO_PIN:-f6daeb3}  # weightgen derive, --split family:F
+PIN=${LOFO_PIN:-63f17b3}  # weightgen derive, --split family:F, generators record dropped_ops
 WT=${LOFO_WORKTREE:-/work/lofo}
 [ -d "$WT/weightgen" ] || git worktree add -f "$WT" "$PIN" --detach
 [ "$(git -C "$WT" rev-parse HEAD)" = "$(git rev-parse "$PIN^{commit}")" ] || git -C "$WT" checkout -q --detach "$PIN"
