@@ -331,6 +331,7 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     assert main(step0) == 0, capsys.readouterr().err
     s0 = json.loads((tmp_path / "s0" / "report.json").read_text())
     assert s0["runs"] == {} and len(s0["step0"]) == 2
+    assert s0["headline"]["paid back after (new concepts)"].startswith("none: step 0 only")
     assert main(argv) == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["methods"]) == {"base", "scratch", "lora-zero", "generated", "nearest", "mean",

@@ -28,6 +28,8 @@ from weightgen.eval.report import append_sections
 from weightgen.eval.sweep import sweep_learning_rates
 from weightgen.pool import run_resumable
 
+STEP0_ONLY = "none: step 0 only, no concept fine-tuned"
+
 
 def check_family_left_out(splits, split: str, run_dataset: Path, gen_meta: dict) -> None:
     """A family:F split measures a run whose retrieval data set and generator never saw F: both
@@ -333,12 +335,12 @@ def run_benchmark(
                 + shares(w)
                 for k, w in extra_wins.items()
             },
-            "learning rates (sweep on the validation split)": ", ".join(
-                f"{k} {v:g}" for k, v in lrs.items()
+            "learning rates (sweep on the validation split)": (
+                ", ".join(f"{k} {v:g}" for k, v in lrs.items()) if runs else STEP0_ONLY
             ),
             f"tuned on the {choices.source}": tuned_line(),
             "one-off cost": cost_line(cost),
-            "paid back after (new concepts)": payback_line(saved),
+            "paid back after (new concepts)": payback_line(saved) if runs else STEP0_ONLY,
             **(
                 {
                     "FID at the end (pooled evaluation images, torchmetrics)": ", ".join(
@@ -388,7 +390,8 @@ def render_report(
         extra["one_off_cost"] = one_off_cost(Path(run), meta, Path(generator))
         extra["headline"]["one-off cost"] = cost_line(extra["one_off_cost"])
     extra["payback"] = payback(summary["methods"], extra["one_off_cost"])
-    extra["headline"]["paid back after (new concepts)"] = payback_line(extra["payback"])
+    if runs:
+        extra["headline"]["paid back after (new concepts)"] = payback_line(extra["payback"])
     write_report(out, summary, runs=runs, extra=extra, title=title)
     append_sections(out / "report.md", extra)
     return {"summary": summary, **extra}
