@@ -258,9 +258,9 @@ def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) ->
 
     spec = dict(TRAINING.get(name, {}))
     k = _CONCEPTS.fullmatch(name)
-    both = combined(name)
-    if _NEIGHBORS.fullmatch(name) or both is not None:
-        spec["train"] = both if both is not None else _lever(name)
+    lever = combined(name) or _lever(name)  # None for a re-cut or a concept subset
+    if lever is not None:
+        spec["train"] = lever
     folder = out / "ablations" / name
     gen = folder / "generator"
     if (gen / "generator.json").is_file():
