@@ -9,7 +9,13 @@ from weightgen.blocks import BlockLayout
 from weightgen.config import GANConfig, LoRAConfig
 from weightgen.gan import E2GANGenerator, build_concept_model
 from weightgen.gan.lora import lora_state_dict
-from weightgen.initial import WeightBaselines
+from weightgen.initial import (
+    PairScorer,
+    WeightBaselines,
+    pick_by_pairs,
+    pick_candidates,
+    scale_delta,
+)
 
 
 def _baselines(loras: list[dict], texts: np.ndarray, ids: list[str]) -> WeightBaselines:
@@ -52,6 +58,41 @@ def test_best_by_loss_finds_the_lora_that_made_the_targets():
     # the concept itself left out: the runner-up, never the planted one
     _, cid2, loss2 = wb.best_by_loss(model, x, y, tokens, mask, exclude="c3")
     assert cid2 != "c3" and loss2 > 0
+
+
+def test_pick_chooses_the_candidate_that_made_the_targets():
+    """Planted: the targets are base + (generated's update x 2); pick finds that candidate with
+    zero loss, scale_delta scales every B @ A exactly, and a tie goes to the first candidate."""
+    from weightgen.gan import load_lora
+    from weightgen.gan.train import from_model, to_model
+
+    gan = GANConfig(image_size=16, channels=8)
+    model = build_concept_model("lora", gan, LoRAConfig(), E2GANGenerator(gan).state_dict())
+    gen, near = _random_loras(lora_state_dict(model), 2, seed=1)
+    cands = pick_candidates(gen, near)
+    assert list(cands) == ["generated", "nearest", "blend0.25", "blend0.5", "blend0.75",
+                           "scale1.5", "scale2"]  # fmt: skip
+    for k in gen:
+        if ".lora_B." in k:
+            a = gen[k.replace(".lora_B.", ".lora_A.")].flatten(1)
+            doubled = cands["scale2"][k].flatten(1) @ a
+            assert torch.equal(doubled, 2 * (gen[k].flatten(1) @ a))
+            assert torch.equal(cands["scale2"][k.replace(".lora_B.", ".lora_A.")], gen[k.replace(
+                ".lora_B.", ".lora_A.")])  # fmt: skip
+    tokens = torch.randn(1, gan.max_text_tokens, gan.text_dim)
+    mask = torch.ones(1, gan.max_text_tokens)
+    x = torch.rand(4, 3, 16, 16)
+    load_lora(model, scale_delta(gen, 2.0))
+    with torch.no_grad():
+        y = from_model(model(to_model(x), tokens.expand(4, -1, -1), mask.expand(4, -1)))
+    name, lora, losses = pick_by_pairs(cands, PairScorer(model, x, y, tokens, mask))
+    assert name == "scale2" and losses["scale2"] == pytest.approx(0.0, abs=1e-6)
+    assert set(losses) == set(cands) and min(v for k, v in losses.items() if k != name) > 0
+    assert lora is cands["scale2"]
+    twin = {"a": cands["nearest"], "b": cands["nearest"]}
+    assert pick_by_pairs(twin, PairScorer(model, x, y, tokens, mask))[0] == "a"
+    with pytest.raises(ValueError, match="no candidates"):
+        pick_by_pairs({}, PairScorer(model, x, y, tokens, mask))
 
 
 def test_knn_blend_weights_the_closest_texts():

@@ -312,7 +312,8 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
                   bench__lrs="{scratch = 0.002}", bench__workers=2, bench__refine_strength=0.5,
                   bench__blend=0.5),
             "--ablate", "ddim10", "--ablate", "block128", "--ablate", "empty-text",
-            "--ablate", "refine0.5", "--ablate", "blend0.5", "--ablate", "pairs"]  # fmt: skip
+            "--ablate", "refine0.5", "--ablate", "blend0.5", "--ablate", "pairs",
+            "--ablate", "pick"]  # fmt: skip
     # and the plateau rule for every method: a 100 dB gain is never seen, so runs stop at the first
     # measurement with a measurement 10 steps older (step 10: step 0; the budget is 40)
     plateau = ["evaluate", "--generator", str(run / "generator"), "--out", str(tmp_path / "p"),
@@ -393,7 +394,13 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
         assert methods["best-by-loss"]["offset_s"] > 0  # scoring every training LoRA counts
         assert methods["random-text"]["offset_s"] > 0
     assert set(rep["ablations"]) == {"reference", "ddim10", "block128", "empty-text", "refine0.5",
-                                     "blend0.5", "pairs"}  # fmt: skip
+                                     "blend0.5", "pairs", "pick"}  # fmt: skip
+    # the pick row: one choice per concept, each one of the candidates
+    from weightgen.initial import pick_candidates
+
+    picked = rep["ablations"]["pick"]["picked"]
+    names = set(pick_candidates(*[{"x.lora_B.w": torch.ones(1)}] * 2))
+    assert sum(picked.values()) == 12 and set(picked) <= names
     # the pairs row: a generator that read each concept's fine-tuning pairs
     from weightgen.diffusion import load_generator
 

@@ -95,17 +95,13 @@ class WeightBaselines:
         a base + LoRA generator (gan.build_concept_model("lora", ...)); its LoRA is left loaded
         with the winner."""
         from weightgen.gan import load_lora
-        from weightgen.gan.train import from_model, to_model
 
-        model.eval()
-        n = x.shape[0]
-        xin, tok, msk = to_model(x), tokens.expand(n, -1, -1), mask.expand(n, -1)
+        score = PairScorer(model, x, y, tokens, mask)
         best, best_i = float("inf"), -1
         for i, cid in enumerate(self.concept_ids):
             if cid == exclude:
                 continue
-            load_lora(model, self.lora(i))
-            loss = float((from_model(model(xin, tok, msk)) - y).abs().mean())
+            loss = score(self.lora(i))
             if loss < best:
                 best, best_i = loss, i
         if best_i < 0:
@@ -140,6 +136,65 @@ def blend_loras(
             f"LoRAs to blend differ in tensors: {sorted(set(generated) ^ set(nearest))}"
         )
     return {k: alpha * generated[k] + (1.0 - alpha) * nearest[k] for k in generated}
+
+
+class PairScorer:
+    """Mean L1 between base + LoRA's outputs and the targets on a concept's pairs, forward only:
+    `PairScorer(model, x, y, tokens, mask)(lora)`. `model`: a base + LoRA generator
+    (gan.build_concept_model("lora", ...)), left holding the last LoRA scored; x, y (B, 3, H, W) in
+    [0, 1]; tokens (1, L, D) and mask (1, L) the concept's text."""
+
+    def __init__(self, model, x, y, tokens, mask):
+        from weightgen.gan.train import to_model
+
+        self.model = model.eval()
+        n = x.shape[0]
+        self.xin, self.y = to_model(x), y
+        self.tok, self.msk = tokens.expand(n, -1, -1), mask.expand(n, -1)
+
+    @torch.no_grad()
+    def __call__(self, lora: dict[str, torch.Tensor]) -> float:
+        from weightgen.gan import load_lora
+        from weightgen.gan.train import from_model
+
+        load_lora(self.model, lora)
+        return float((from_model(self.model(self.xin, self.tok, self.msk)) - self.y).abs().mean())
+
+
+def scale_delta(lora: dict[str, torch.Tensor], s: float) -> dict[str, torch.Tensor]:
+    """The LoRA with every B multiplied by `s`: each update B @ A scaled by exactly s, A (the
+    collection's shared-seed basis) kept."""
+    return {k: v * s if ".lora_B." in k else v for k, v in lora.items()}
+
+
+# The `pick` candidates besides the generated and the nearest LoRA: their blends, and the
+# generated update enlarged (the one-step sample is shrunk toward the conditional mean). Set on
+# the validation split (runs/tiny/levers), never on held-out or novel concepts.
+PICK_BLENDS = (0.25, 0.5, 0.75)
+PICK_SCALES = (1.5, 2.0)
+
+
+def pick_candidates(
+    generated: dict[str, torch.Tensor], nearest: dict[str, torch.Tensor]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """{name: LoRA} of the starts `pick_by_pairs` chooses among: generated, nearest, generated
+    blended with nearest at PICK_BLENDS, generated's update scaled by PICK_SCALES."""
+    out = {"generated": generated, "nearest": nearest}
+    out.update({f"blend{a:g}": blend_loras(generated, nearest, a) for a in PICK_BLENDS})
+    out.update({f"scale{s:g}": scale_delta(generated, s) for s in PICK_SCALES})
+    return out
+
+
+def pick_by_pairs(
+    candidates: dict[str, dict[str, torch.Tensor]], score: PairScorer
+) -> tuple[str, dict[str, torch.Tensor], dict[str, float]]:
+    """(name, LoRA) of the candidate with the lowest `score` on the concept's pairs, and every
+    candidate's score; ties go to the first in `candidates`' order."""
+    if not candidates:
+        raise ValueError("pick_by_pairs: no candidates")
+    losses = {name: score(lora) for name, lora in candidates.items()}
+    best = min(losses, key=losses.get)  # first minimum in insertion order
+    return best, candidates[best], losses
 
 
 def initial_loras(

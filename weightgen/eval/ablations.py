@@ -8,6 +8,9 @@ Sampling-time ablations reuse the trained generator:
                (e.g. refine0.3, refine0.7: the `refined` method at another strength)
   blendA       A * generated + (1 - A) * nearest, A in (0, 1) (e.g. blend0.25: the `blended`
                method at another weight)
+  pick         of generated, nearest, their blends and generated's update enlarged
+               (weightgen.initial.pick_candidates), the one with the lowest L1 on the concept's
+               first 8 fine-tuning pairs (forward only; held-back pairs still judge it)
 Training-time ablations train a variant generator (same steps and seed as the reference) under
 OUT/ablations/NAME/, on a data set derived from the run's one when needed:
   block128, block512      the same LoRAs cut into blocks of 128 / 512 values
@@ -69,6 +72,7 @@ _NEIGHBORS = re.compile(r"neighbors(\d+)(?:-pool(\d+))?$")
 NEIGHBOR_FAMILY_DROP = 0.25
 _REFINE = re.compile(r"refine(\d*\.?\d+)$")
 _BLEND = re.compile(r"blend(\d*\.?\d+)$")
+PICK = "pick"
 
 
 def refine_strength(name: str) -> float | None:
@@ -140,6 +144,7 @@ def check_ablations(names: list[str]) -> list[str]:
             _lever(n)  # K >= 1, pool >= K
         if (
             n not in SAMPLING
+            and n != PICK
             and n not in TRAINING
             and not _CONCEPTS.fullmatch(n)
             and not _NEIGHBORS.fullmatch(n)
@@ -154,6 +159,7 @@ def check_ablations(names: list[str]) -> list[str]:
                     "neighborsK[-poolM] (e.g. neighbors4, neighbors4-pool12)",
                     "refineS (e.g. refine0.5)",
                     "blendA (e.g. blend0.25)",
+                    PICK,
                     "A+B (training-time ablations together, e.g. neighbors4+pairs)",
                 ]
             )
@@ -289,11 +295,18 @@ def ablation_generator(run: Path, out: Path, name: str, reference_meta: dict) ->
 
 
 def step0_row(
-    ctx, held, *, sample_steps: int = 1, refine: float | None = None, blend: float | None = None
+    ctx,
+    held,
+    *,
+    sample_steps: int = 1,
+    refine: float | None = None,
+    blend: float | None = None,
+    pick: bool = False,
 ) -> dict:
     """Step-0 medians of `generated` for the context's generator, with win rates; with `refine`,
     of the nearest training LoRA refined from that strength instead; with `blend`, of
-    blend * generated + (1 - blend) * nearest."""
+    blend * generated + (1 - blend) * nearest; with `pick`, of the candidate chosen on the
+    concept's fine-tuning pairs (`picked` counts the choices)."""
     from weightgen.eval.context import find_nearest, step0_table
     from weightgen.eval.metrics import median
 
@@ -309,6 +322,22 @@ def step0_row(
         from weightgen.initial import blend_loras
 
         gen = [blend_loras(gen[i], near[c.id]["lora"], blend) for i, c in enumerate(held)]
+    picked: dict[str, int] = {}
+    if pick:
+        import time
+
+        from weightgen.eval.newconcept import train_pairs
+        from weightgen.gan import build_concept_model
+        from weightgen.initial import PairScorer, pick_by_pairs, pick_candidates
+
+        g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state)
+        t0 = time.perf_counter()
+        for i, c in enumerate(held):
+            x, y = (v[:8] for v in train_pairs(c, ctx.preset))
+            score = PairScorer(g, x, y, tb.tokens[i][None], tb.mask[i][None])
+            name, gen[i], _ = pick_by_pairs(pick_candidates(gen[i], near[c.id]["lora"]), score)
+            picked[name] = picked.get(name, 0) + 1
+        per_s += (time.perf_counter() - t0) / len(held)
     table = step0_table(ctx, held, gen, tb, near)
     g = [table[c]["generated"] for c in table]
     return {
@@ -322,6 +351,7 @@ def step0_row(
         ),
         "seconds_per_concept": per_s,
         "concepts": len(table),
+        **({"picked": dict(sorted(picked.items()))} if pick else {}),
     }
 
 

@@ -14,6 +14,7 @@ import torch
 from weightgen.config import BLENDED, REFINED, BenchConfig, Preset
 from weightgen.errors import WeightgenError
 from weightgen.eval.ablations import (
+    PICK,
     SAMPLING,
     ablation_generator,
     blend_weight,
@@ -204,6 +205,8 @@ def run_benchmark(
                 row = step0_row(
                     ctx, held, sample_steps=cfg.sample_steps, refine=refine_strength(name)
                 )
+            elif name == PICK:
+                row = step0_row(ctx, held, sample_steps=cfg.sample_steps, pick=True)
             elif blend_weight(name) is not None:
                 row = step0_row(ctx, held, sample_steps=cfg.sample_steps, blend=blend_weight(name))
             elif name in SAMPLING:

@@ -479,5 +479,9 @@ def append_sections(md: Path, extra: dict) -> None:
                 f"{100 * r['beats_nearest']:.0f}% | {100 * r['beats_mean']:.0f}% | "
                 f"{r['seconds_per_concept']:.4f} |"
             )
+        for name, r in rows.items():
+            if r.get("picked"):
+                chosen = ", ".join(f"{k} {v}" for k, v in r["picked"].items())
+                lines += ["", f"- {name} chose (concepts): {chosen}"]
     with md.open("a") as f:
         f.write("\n".join(lines) + "\n")
