@@ -133,3 +133,11 @@ def test_random_text_is_another_familys_and_stable():
     assert other_family_text(c, seed=0) == (text, cid)
     draws = {other_family_text(c, seed=s)[1] for s in range(20)}
     assert len(draws) > 10  # drawn, not fixed
+
+
+def test_every_benchmark_method_can_be_fine_tuned():
+    from weightgen.config import BenchConfig
+    from weightgen.eval.newconcept import FINETUNE_METHODS
+
+    every = BenchConfig(refine_strength=0.5, blend=0.5, pick=True).available_methods
+    assert set(every) == set(FINETUNE_METHODS)

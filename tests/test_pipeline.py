@@ -274,7 +274,7 @@ def _resweep_only_the_generated_row(run, out, sweep, monkeypatch):
     monkeypatch.setattr(pool, "run_tasks", spy)
     cfg = BenchConfig(sweep_concepts=1, sweep_steps=3, sweep_lrs=(1e-3, 5e-3),
                       lrs={"scratch": 0.002}, workers=1, refine_strength=0.5,
-                      blend=0.5)  # fmt: skip
+                      blend=0.5, pick=True)  # fmt: skip
     ctx = BenchContext(run, run / "generator")
     choices = tune_choices(ctx, cfg, cfg.trained)
     again = S.sweep_learning_rates(ctx, cfg, out, choices)
@@ -310,7 +310,7 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
                   bench__lora_steps=4, bench__scratch_max_steps=6, bench__sweep_concepts=1,
                   bench__sweep_steps=3, bench__sweep_lrs="[1e-3, 5e-3]",
                   bench__lrs="{scratch = 0.002}", bench__workers=2, bench__refine_strength=0.5,
-                  bench__blend=0.5),
+                  bench__blend=0.5, bench__pick=True),
             "--ablate", "ddim10", "--ablate", "block128", "--ablate", "empty-text",
             "--ablate", "refine0.5", "--ablate", "blend0.5", "--ablate", "pairs",
             "--ablate", "pick"]  # fmt: skip
@@ -337,7 +337,7 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["methods"]) == {"base", "scratch", "lora-zero", "generated", "nearest", "mean",
                                    "knn-blend", "best-by-loss", "nearest-noise", "random-text",
-                                   "refined", "blended"}  # fmt: skip
+                                   "refined", "blended", "picked"}  # fmt: skip
     # two targets, each with every trained method's quartiles, speed-ups and a sign test
     for t in ("paper", "hard"):
         table = rep["targets"][t]["methods"]
@@ -363,6 +363,14 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
     assert "refined_vs_lora_zero_spread" in rep["speedup"]
     assert set(rep["blended_step0_win_rate"]) == {"generated", "mean", "nearest"}
     assert "blended_vs_lora_zero_spread" in rep["speedup"]
+    # picked starts from the candidate it chose: the same step-0 quality where that is generated
+    # or nearest, and every candidate was scored
+    for cid, used in rep["inits"]["picked"].items():
+        assert len(used["l1"]) == 7 and used["picked"] == min(used["l1"], key=used["l1"].get)
+        if used["picked"] in ("generated", "nearest"):
+            row = rep["step0"][cid]
+            assert row["picked"]["psnr"] == pytest.approx(row[used["picked"]]["psnr"])
+    assert "picked_vs_lora_zero_spread" in rep["speedup"]
     assert len(rep["step0"]) == 12 and len(rep["runs"]) == 2
     held = {c.id for c in concepts("heldout")}
     assert set(rep["runs"]) <= held and set(rep["step0"]) <= held
@@ -390,6 +398,7 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
         assert methods["refined"]["offset_s"] > 0
         # blended pays for sampling and the retrieval it blends with
         assert methods["blended"]["offset_s"] > methods["generated"]["offset_s"]
+        assert methods["picked"]["offset_s"] > methods["generated"]["offset_s"]
         assert methods["blended"]["offset_s"] > methods["nearest"]["offset_s"] > 0
         assert methods["best-by-loss"]["offset_s"] > 0  # scoring every training LoRA counts
         assert methods["random-text"]["offset_s"] > 0

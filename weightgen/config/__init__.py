@@ -4,6 +4,7 @@ configs/ (installed as weightgen.configs): tiny.toml, demo.toml, paper.toml."""
 from weightgen.config.bench import (
     BLENDED,
     CONTROLS,
+    PICKED,
     REFINED,
     RETRIEVAL,
     TRAINED,
@@ -36,6 +37,7 @@ __all__ = [
     "BLENDED",
     "CONTROLS",
     "LOSS_WEIGHTS",
+    "PICKED",
     "REFINED",
     "RESOLVED_FILE",
     "RETRIEVAL",

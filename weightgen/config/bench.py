@@ -26,13 +26,18 @@ REFINED = "refined"
 # opt-in (BenchConfig.blend): alpha * generated + (1 - alpha) * nearest (weightgen.initial.blend_loras),
 # alpha chosen among `blend` on the validation split
 BLENDED = "blended"
+# opt-in (BenchConfig.pick): of generated, nearest, their blends and generated's enlarged update
+# (weightgen.initial.pick_candidates), the one with the lowest L1 on best_pairs of the concept's
+# training pairs; sampling, retrieval and scoring timed
+PICKED = "picked"
 
 
 @dataclass
 class BenchConfig:
     # evaluated split: heldout (seen families), novel (unseen families), validation (choices)
     split: str = "heldout"
-    # trained methods (empty: TRAINED + RETRIEVAL + CONTROLS, and refined / blended when set)
+    # trained methods (empty: TRAINED + RETRIEVAL + CONTROLS, and refined / blended / picked when
+    # set)
     methods: tuple[str, ...] = ()
     per_family: int = 2  # evaluated concepts fine-tuned per family
     skip_per_family: int = 0  # fine-tune the ones after each family's first K (a disjoint set)
@@ -54,6 +59,7 @@ class BenchConfig:
     # weights in (0, 1) on generated (the rest nearest): adds `blended`, with the weight whose
     # median step-0 PSNR on the validation split is best (one value: that weight)
     blend: float | tuple[float, ...] | None = ()
+    pick: bool = False  # adds `picked`
     knn_k: tuple[int, ...] = (2, 4, 8)  # knn-blend's k: the best on validation at step 0
     best_pairs: int = 8  # best-by-loss scores each training LoRA on this many training pairs
     empty_text: bool = False  # ablation: the generator sees the empty text
@@ -117,6 +123,7 @@ class BenchConfig:
             + CONTROLS
             + ((REFINED,) if self.refine_strength is not None else ())
             + ((BLENDED,) if self.blend else ())
+            + ((PICKED,) if self.pick else ())
         )
 
     @property

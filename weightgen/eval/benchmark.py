@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from weightgen.config import BLENDED, REFINED, BenchConfig, Preset
+from weightgen.config import BLENDED, PICKED, REFINED, BenchConfig, Preset
 from weightgen.errors import WeightgenError
 from weightgen.eval.ablations import (
     PICK,
@@ -228,16 +228,19 @@ def run_benchmark(
         return {k: sum(step0[c][a]["psnr"] > step0[c][k]["psnr"] for c in step0) / n for k in refs}
 
     wins = win_rate("generated", ("base", "lora-zero", "mean", "nearest"))
-    # the opt-in methods (refined, blended): their step-0 wins and how the headline names them
+    # the opt-in methods (refined, blended, picked): their step-0 wins and how the headline
+    # names them
     extra_wins = {
         k: win_rate(k, ("generated", "mean", "nearest"))
         for k in extra_step0
-        if k in (REFINED, BLENDED)
+        if k in (REFINED, BLENDED, PICKED)
     }
 
     def extra_label(k: str) -> str:
         if k == REFINED:
             return f"refined (nearest LoRA, one step from strength {cfg.refine_strength:g})"
+        if k == PICKED:
+            return "picked (the start with the lowest loss on the concept's training pairs)"
         return f"blended ({choices.blend:g} generated + {1 - choices.blend:g} nearest)"
 
     def target_line(t: str) -> str:

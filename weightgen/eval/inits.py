@@ -8,6 +8,8 @@ ones, made on the recipe's validation split (never on held-out or novel concepts
                  validation: retrieval perturbed exactly as far as the generator strays from it
   random-text    the generator fed the text of a concept of another family (drawn per concept
                  from a seeded generator), the concept's own text still conditioning the GAN
+  picked         the candidate of weightgen.initial.pick_candidates (generated, nearest, blends,
+                 generated's update enlarged) with the lowest L1 on the concept's training pairs
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from weightgen.config import BLENDED, REFINED, BenchConfig
+from weightgen.config import BLENDED, PICKED, REFINED, BenchConfig
 from weightgen.eval.context import BenchContext
 
 
@@ -163,7 +165,7 @@ def method_inits(
         near.append(ctx.baselines.nearest(tb.pooled[i], exclude=c.id))
         near_s.append(encode_s + time.perf_counter() - t0)
     gen, per_text_s = None, 0.0
-    if {"generated", BLENDED, "nearest-noise"} & set(methods) or REFINED in methods:
+    if {"generated", BLENDED, PICKED, "nearest-noise"} & set(methods) or REFINED in methods:
         gen, per_text_s = ctx.generate(texts, cfg.sample_steps, concepts=concepts)
     for i, c in enumerate(concepts):
         lora, cid, sim = near[i]
@@ -204,6 +206,20 @@ def method_inits(
         rand, s = ctx.generate([t for t, _ in drawn], cfg.sample_steps, concepts=others)
         inits["random-text"], offsets["random-text"] = rand, [s] * n
         info["random-text"] = [{"text": t, "concept": cid} for t, cid in drawn]
+    if PICKED in methods:
+        from weightgen.gan import build_concept_model
+        from weightgen.initial import PairScorer, pick_by_pairs, pick_candidates
+
+        g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state).eval()
+        for i, c in enumerate(concepts):
+            x, y = (v[: cfg.best_pairs] for v in train_pairs(c, ctx.preset))
+            t0 = time.perf_counter()  # the candidates and their scoring; the pairs are data
+            score = PairScorer(g, x, y, tb.tokens[i][None], tb.mask[i][None])
+            name, inits[PICKED][i], losses = pick_by_pairs(
+                pick_candidates(gen[i], near[i][0]), score
+            )
+            offsets[PICKED][i] = per_text_s + near_s[i] + time.perf_counter() - t0
+            info[PICKED][i] = {"picked": name, "l1": losses, "nearest": near[i][1]}
     if "best-by-loss" in methods:
         from weightgen.gan import build_concept_model
 

@@ -11,6 +11,8 @@ Methods (DESIGN.md report contract):
              (weightgen.eval.inits)
   refined    base + the nearest LoRA refined by one denoising step of the generator (trained)
   blended    base + alpha * generated + (1 - alpha) * nearest, value for value (trained)
+  picked     base + the start with the lowest loss on the concept's training pairs among
+             generated, nearest, their blends and generated's enlarged update (trained)
   mean       base + the mean training LoRA (trained)
 Training pairs come from collection photos, evaluation pairs from evaluation photos only.
 """
@@ -36,6 +38,7 @@ FINETUNE_METHODS = (
     "random-text",
     "refined",
     "blended",
+    "picked",
 )
 EVAL_SEED = 0
 TRAIN_SEED = 0

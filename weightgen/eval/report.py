@@ -36,6 +36,7 @@ METHOD_ORDER = (
     "lora-zero",
     "generated",
     "blended",
+    "picked",
     "refined",
     "nearest",
     "knn-blend",
@@ -141,7 +142,12 @@ def summarise(step0: dict, runs: dict) -> dict:
         return [row["methods"].get(m, {}).get("time_to_target_s") for row in per_concept.values()]
 
     speed = {}
-    for fast, key in (("generated", ""), ("refined", "refined_"), ("blended", "blended_")):
+    for fast, key in (
+        ("generated", ""),
+        ("refined", "refined_"),
+        ("blended", "blended_"),
+        ("picked", "picked_"),
+    ):
         if any(fast in r["methods"] for r in per_concept.values()):
             sc = speedups(times("scratch"), times(fast))
             lz = speedups(times("lora-zero"), times(fast))
@@ -241,6 +247,9 @@ def write_report(
          "includes that step"),
         ("blended", "the generated LoRA averaged with the nearest training LoRA; its time "
          "includes sampling"),
+        ("picked", "of generated, nearest, their blends and generated's enlarged update, the one "
+         "with the lowest loss on the concept's training pairs; its time includes sampling, "
+         "retrieval and scoring"),
     ):  # fmt: skip
         if f"{key}_vs_scratch" in sp:
             sc, lz = sp[f"{key}_vs_scratch_spread"], sp[f"{key}_vs_lora_zero_spread"]

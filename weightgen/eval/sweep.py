@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from weightgen.config import BLENDED, REFINED, BenchConfig
+from weightgen.config import BLENDED, PICKED, REFINED, BenchConfig
 from weightgen.eval.context import BenchContext
 from weightgen.eval.finetunes import FinetuneCache, concept_runs
 from weightgen.eval.inits import Choices, method_inits, tuning_concepts
@@ -37,6 +37,8 @@ def sweep_keys(
 ) -> dict[str, dict]:
     """What each method's sweep result depends on; a cached row is reused only under its own key,
     so a retrained generator re-sweeps `generated` alone, not the baselines."""
+    from weightgen.initial import PICK_BLENDS, PICK_SCALES
+
     common = {
         "run": str(Path(ctx.run).resolve()),
         "sweep_lrs": list(cfg.sweep_lrs),
@@ -62,6 +64,11 @@ def sweep_keys(
         "random-text": gen,
         REFINED: {**gen, "refine_strength": cfg.refine_strength},
         BLENDED: {**gen, "blend": choices.blend},
+        PICKED: {
+            **gen,
+            "best_pairs": cfg.best_pairs,
+            "pick": [list(PICK_BLENDS), list(PICK_SCALES)],
+        },
         "nearest-noise": {**gen, "noise": choices.noise},
         "knn-blend": {"knn_k": choices.knn_k},
         "best-by-loss": {"best_pairs": cfg.best_pairs},
