@@ -3,15 +3,16 @@
 # the generator's data set (`weightgen derive --drop-family F`; the base and the collected LoRAs
 # are runs/tiny's), a reference generator trained on it like runs/tiny/generator, then
 # `weightgen evaluate --split family:F` with each lever as an ablation row (trained there by the
-# evaluation, resumed from its checkpoints). Step-0 rows only; a choice made here is then
-# measured on the novel split. The derived data set is remade from runs/tiny/dataset in seconds
+# evaluation, resumed from its checkpoints), and the pick row of the pairs generator (an
+# evaluation with it as the generator, under levers-pairs/). Step-0 rows only; a choice made here
+# is then measured on the novel split. The derived data set is remade from runs/tiny/dataset in seconds
 # and is not kept in git; generators and reports are.
 #   nohup setsid runs/tiny-lofo.sh [F] > runs/tiny-lofo-F.log 2>&1 &      (F: posterize)
 set -e
 F=${1:-posterize}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
-PIN=${LOFO_PIN:-63f17b3}  # weightgen derive, --split family:F, generators record dropped_ops
+PIN=${LOFO_PIN:-0f2d636}  # derive, --split family:F, dropped_ops recorded, the pick ablation
 WT=${LOFO_WORKTREE:-/work/lofo}
 [ -d "$WT/weightgen" ] || git worktree add -f "$WT" "$PIN" --detach
 [ "$(git -C "$WT" rev-parse HEAD)" = "$(git rev-parse "$PIN^{commit}")" ] || git -C "$WT" checkout -q --detach "$PIN"
@@ -35,5 +36,8 @@ fi
 date
 "$W" evaluate --generator "$L/generator" --run "$L" --split "family:$F" --out "$L/levers" \
   --config "$WT/configs/tiny.toml" --set bench.finetune=false \
-  --ablate pairs --ablate neighbors4-pool12 --ablate blend0.25 --ablate blend0.75
+  --ablate pairs --ablate pick --ablate blend0.25 --ablate blend0.75
+date
+"$W" evaluate --generator "$L/levers/ablations/pairs/generator" --run "$L" --split "family:$F" \
+  --out "$L/levers-pairs" --config "$WT/configs/tiny.toml" --set bench.finetune=false --ablate pick
 date
