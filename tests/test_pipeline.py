@@ -671,6 +671,18 @@ def test_new_concept_apply_round_trip_and_peft_adapter(run, tmp_path, capsys):
     argv = ["apply", "--lora", str(out / "lora.safetensors"), "--images", str(pairs / "A" / "p0.png"),
             "--out", str(one), "--model", str(run), "--mode", "resize"]  # fmt: skip
     assert main(argv) == 0 and (one / "p0.png").is_file()
+    # picked: every candidate scored on the training pairs, the lowest one trained from; its
+    # step 0 is that candidate's own quality (the generated one's when it is chosen)
+    picked = tmp_path / "picked"
+    argv = ["new-concept", "--pairs", str(pairs), "--text", text, "--out", str(picked),
+            "--model", str(run), "--init", "picked", "--steps", "2"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    ps = json.loads((picked / "summary.json").read_text())
+    l1 = ps["picked"]["l1"]
+    assert {"generated", "nearest", "blend0.5", "scale2"} <= set(l1)  # the run has a dataset/
+    assert ps["init"] == "picked" and ps["picked"]["chosen"] == min(l1, key=l1.get)
+    if ps["picked"]["chosen"] == "generated":
+        assert ps["psnr_step0"] == pytest.approx(summary["psnr_step0"])
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@ OUT/ (staged in a hidden sibling folder and moved in place at the end: nothing i
   curve.json           quality (PSNR, SSIM on the held-back pairs) over steps and seconds, per run
   curve.png            the same, drawn
   preview.png          held-back inputs, targets, the initial and the trained LoRA's outputs
-  summary.json         steps, seconds, quality at step 0 and at the end; with --compare the
+  summary.json         steps, seconds, quality at step 0 and at the end; with --init picked the
+                       candidates' losses and the one chosen; with --compare the
                        speed-up over LoRA-from-zero to its final quality
   resolved-config.json the recipe used
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from weightgen.errors import WeightgenError
 
-INITS = ("generated", "nearest", "blended", "zero")
+INITS = ("generated", "nearest", "blended", "picked", "zero")
 MIN_PAIRS = 5  # 4 to train on, 1 held back (every 5th file)
 N_PAIRS = 8  # pairs a pair-conditioned generator reads per concept, as it was trained
 MAX_STEPS = 1000  # the cap of a run that trains until its plateau
@@ -144,7 +145,7 @@ def new_concept(
     source = open_pair_folder(pairs, text)
     check_pairs(source)
     md = ModelDir.find(model if model is not None else default_model())
-    if init in ("generated", "blended") and md.generator is None:
+    if init in ("generated", "blended", "picked") and md.generator is None:
         raise NewConceptError(f"--init {init} needs a trained generator: none in {md.root}")
     if init in ("nearest", "blended") and md.dataset is None:
         raise NewConceptError(
@@ -188,7 +189,7 @@ def _train(source, text, md, base_state, preset, init, steps, compare, out: Path
     tb = enc.encode([text])
 
     t0 = time.perf_counter()
-    init_lora = _initial(init, text, md, preset, enc, train)
+    init_lora, picked = _initial(init, text, md, preset, enc, train, base_state)
     init_s = time.perf_counter() - t0
 
     budget = steps or MAX_STEPS
@@ -224,6 +225,7 @@ def _train(source, text, md, base_state, preset, init, steps, compare, out: Path
         "init": init,
         "model": str(md.root),
         "init_seconds": init_s,
+        **({"picked": picked} if picked else {}),
         "steps": main.steps,
         "train_seconds": main.train_seconds,
         "psnr_step0": main.psnr_step0,
@@ -262,25 +264,38 @@ def _train(source, text, md, base_state, preset, init, steps, compare, out: Path
     return summary
 
 
-def _initial(init: str, text: str, md: ModelDir, preset, enc, train):
-    """The initial LoRA of `init` (None: LoRA from zero); a generator trained with pair features
-    also reads the training pairs `train` ((x, y), as fine-tuning uses them)."""
+def _initial(init: str, text: str, md: ModelDir, preset, enc, train, base_state):
+    """(the initial LoRA of `init` (None: LoRA from zero), for `picked` {"chosen", "l1": {candidate:
+    loss}}); a generator trained with pair features also reads the training pairs `train` ((x, y),
+    as fine-tuning uses them), and `picked` scores its candidates on those same pairs."""
     if init == "zero":
-        return None
+        return None, None
     from weightgen.initial import WeightBaselines, initial_loras
 
     bundle = baselines = None
-    if init in ("generated", "blended"):
+    if init in ("generated", "blended", "picked"):
         from weightgen.diffusion import load_generator
 
         bundle = load_generator(md.generator)
-    if init in ("nearest", "blended"):
+    if init in ("nearest", "blended") or (init == "picked" and md.dataset is not None):
         baselines = WeightBaselines.from_dataset(str(md.dataset))
+    pairs = tuple(t[:N_PAIRS] for t in train)
+    first = "generated" if init == "picked" else init
     (lora,), _ = initial_loras(
-        init, [text], sample=preset.sample, bundle=bundle, baselines=baselines, encoder=enc,
-        pairs=[tuple(t[:N_PAIRS] for t in train)],
+        first, [text], sample=preset.sample, bundle=bundle, baselines=baselines, encoder=enc,
+        pairs=[pairs],
     )  # fmt: skip
-    return lora
+    if init != "picked":
+        return lora, None
+    from weightgen.gan import build_concept_model
+    from weightgen.initial import PairScorer, pick_by_pairs, pick_candidates
+
+    tb = enc.encode([text])
+    near = baselines.nearest(tb.pooled[0])[0] if baselines is not None else None
+    model = build_concept_model("lora", preset.gan, preset.lora, base_state)
+    score = PairScorer(model, *pairs, tb.tokens[:1], tb.mask[:1])
+    chosen, lora, losses = pick_by_pairs(pick_candidates(lora, near), score)
+    return lora, {"chosen": chosen, "l1": losses}
 
 
 def _plot(path: Path, runs: dict, text: str) -> None:

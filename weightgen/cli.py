@@ -429,9 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--out", required=True, help="output folder (LoRA, adapter/, curves, preview)")
     pn.add_argument(
         "--init",
-        choices=("generated", "nearest", "blended", "zero"),
+        choices=("generated", "nearest", "blended", "picked", "zero"),
         default="generated",
-        help="initial LoRA (default generated; nearest/blended need the run's dataset/)",
+        help="initial LoRA (default generated; nearest/blended need the run's dataset/; picked: "
+        "of generated, its enlargements and (with a dataset/) nearest and their blends, the one "
+        "with the lowest loss on your training pairs)",
     )
     pn.add_argument(
         "--steps", type=int, default=None, help="train this many steps (default: until plateau)"

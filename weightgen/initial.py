@@ -175,12 +175,15 @@ PICK_SCALES = (1.5, 2.0)
 
 
 def pick_candidates(
-    generated: dict[str, torch.Tensor], nearest: dict[str, torch.Tensor]
+    generated: dict[str, torch.Tensor], nearest: dict[str, torch.Tensor] | None
 ) -> dict[str, dict[str, torch.Tensor]]:
     """{name: LoRA} of the starts `pick_by_pairs` chooses among: generated, nearest, generated
-    blended with nearest at PICK_BLENDS, generated's update scaled by PICK_SCALES."""
-    out = {"generated": generated, "nearest": nearest}
-    out.update({f"blend{a:g}": blend_loras(generated, nearest, a) for a in PICK_BLENDS})
+    blended with nearest at PICK_BLENDS, generated's update scaled by PICK_SCALES (without
+    `nearest`, e.g. a model shipped without its training LoRAs: generated and its scalings)."""
+    out = {"generated": generated}
+    if nearest is not None:
+        out["nearest"] = nearest
+        out.update({f"blend{a:g}": blend_loras(generated, nearest, a) for a in PICK_BLENDS})
     out.update({f"scale{s:g}": scale_delta(generated, s) for s in PICK_SCALES})
     return out
 
