@@ -20,6 +20,7 @@ from weightgen.config import (
     Preset,
     override,
 )
+from weightgen.errors import WeightgenError
 from weightgen.gan import E2GANGenerator, build_concept_model, load_lora, save_base
 
 IDS = ["tone-010", "tint-016", "blur-003", "sepia-005"]
@@ -463,7 +464,6 @@ def test_evaluate_benchmark_on_a_tiny_run(run, tmp_path, capsys, monkeypatch):
 def test_warm_started_generator_counts_its_initialisation(run, tmp_path):
     """train --init: the one-off cost adds the whole cost of the generator it started from (its
     run's base, collection, sensitivity and training); a gone initialisation is a clear error."""
-    from weightgen.errors import WeightgenError
     from weightgen.eval.cost import cost_line, one_off_cost
 
     warm = tmp_path / "warm"
@@ -574,8 +574,15 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
     out = capsys.readouterr().out
     assert "generator: reusing" in out and "fine-tune: reusing 1 finished of 1" in out
     assert again["runs"] == rep["runs"]
+    # a finished generator of another recipe is never reused as this one's
+    other = override(recipe, ["generator.pair_features=true", "generator.threads=2"])
+    with pytest.raises(WeightgenError, match=r"another \[generator\] recipe: pair_features "
+                       r"False \(recipe: True\); give a new --out"):  # fmt: skip
+        run_pipeline(demo, other)
     # the novel split of a run whose recipe holds no family out: one line, exit 2
-    rc = main(["benchmark", "--out", str(demo), "--config", PLAIN, "--split", "novel"])
+    rc = main(["benchmark", "--out", str(demo), "--config", PLAIN, "--split", "novel",
+               *sets(generator__max_steps=4, generator__loss_weight="sensitivity",
+                     generator__image_loss=5)])  # fmt: skip
     _one_line_error(capsys, rc, "the recipe's novel split is empty")
     rc = main(["evaluate", "--generator", str(demo / "generator"), "--out", str(tmp_path / "v"),
                "--config", PLAIN, "--split", "validation"])  # fmt: skip

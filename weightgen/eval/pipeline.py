@@ -27,6 +27,34 @@ def _stage(i: int, n: int, msg: str) -> None:
     print(f"[{i}/{n}] {msg}", flush=True)
 
 
+# TrainConfig fields that change how a generator is trained, not what it learns
+OPERATIONAL = frozenset(
+    {"base", "threads", "num_workers", "log_every", "ckpt_every", "keep_last", "stream",
+     "shuffle_buffer", "gradient_checkpointing"}
+)  # fmt: skip
+
+
+def check_same_recipe(gen_dir: Path, cfg) -> None:
+    """A finished generator is reused only when it was trained with the recipe's [generator]
+    settings (OPERATIONAL ones aside); otherwise one line naming the fields that differ."""
+    from weightgen.config import TrainConfig
+    from weightgen.errors import WeightgenError
+
+    meta = json.loads((gen_dir / "generator.json").read_text())
+    if "train_config" not in meta:
+        return  # a generator from before configs were saved with it: nothing to compare
+    # missing keys take their defaults (a generator trained before a field existed had it off)
+    theirs = json.loads(json.dumps(TrainConfig.from_dict(meta["train_config"]).to_dict()))
+    ours = json.loads(json.dumps(cfg.to_dict()))
+    differ = sorted(k for k in ours if k not in OPERATIONAL and theirs.get(k) != ours[k])
+    if differ:
+        shown = ", ".join(f"{k} {theirs.get(k)!r} (recipe: {ours[k]!r})" for k in differ[:4])
+        raise WeightgenError(
+            f"{gen_dir} was trained with another [generator] recipe: {shown}"
+            f"{' ...' if len(differ) > 4 else ''}; give a new --out or remove {gen_dir}"
+        )
+
+
 def run_pipeline(
     out: str | Path,
     preset: Preset,
@@ -75,6 +103,7 @@ def run_pipeline(
 
     gen_dir = run / "generator"
     if (gen_dir / "generator.json").is_file():
+        check_same_recipe(gen_dir, preset.generator)
         _stage(3, 4, f"generator: reusing {gen_dir}")
     else:
         _stage(3, 4, "generator: training the block diffusion transformer (DeepSpeed, one process)")
