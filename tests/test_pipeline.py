@@ -579,6 +579,12 @@ def test_demo_reuses_finished_stages_and_writes_the_report(run, tmp_path, capsys
     with pytest.raises(WeightgenError, match=r"another \[generator\] recipe: pair_features "
                        r"False \(recipe: True\); give a new --out"):  # fmt: skip
         run_pipeline(demo, other)
+    # and from the command line, refused before the run's saved recipe is rewritten
+    (demo / "config.json").write_text("the run's own recipe")
+    rc = main(["benchmark", "--out", str(demo), "--config", PLAIN,
+               *sets(generator__pair_features=True)])  # fmt: skip
+    _one_line_error(capsys, rc, "was trained with another [generator] recipe")
+    assert (demo / "config.json").read_text() == "the run's own recipe"
     # the novel split of a run whose recipe holds no family out: one line, exit 2
     rc = main(["benchmark", "--out", str(demo), "--config", PLAIN, "--split", "novel",
                *sets(generator__max_steps=4, generator__loss_weight="sensitivity",
@@ -690,6 +696,43 @@ def test_new_concept_apply_round_trip_and_peft_adapter(run, tmp_path, capsys):
     assert ps["init"] == "picked" and ps["picked"]["chosen"] == min(l1, key=l1.get)
     if ps["picked"]["chosen"] == "generated":
         assert ps["psnr_step0"] == pytest.approx(summary["psnr_step0"])
+
+
+@pytest.mark.ray
+def test_picked_start_is_the_chosen_candidate_with_or_without_retrieval(run, tmp_path):
+    """new-concept's picked start is exactly the candidate with the lowest loss on the training
+    pairs, rebuilt here from the public pieces; a model without its training LoRAs (as shipped)
+    chooses among the generated LoRA and its enlargements only."""
+    from weightgen.adapt import ModelDir, _initial
+    from weightgen.concepts.sources import open_pair_folder
+    from weightgen.diffusion import load_generator
+    from weightgen.gan import load_base
+    from weightgen.initial import WeightBaselines, initial_loras, pick_candidates
+    from weightgen.text import get_encoder
+
+    text = "quantise the colours to three levels and tint the photo green"
+    state, preset = load_base(run / "base")
+    source = open_pair_folder(_pairs_folder(tmp_path / "pairs"), text)
+    train = source.pairs(preset.concept.n_train_pairs, preset.gan.image_size, seed=0,
+                         split="collect")  # fmt: skip
+    enc = get_encoder(preset.text_model, preset.gan.max_text_tokens)
+    (gen,), _ = initial_loras("generated", [text], sample=preset.sample,
+                              bundle=load_generator(run / "generator"), encoder=enc,
+                              pairs=[tuple(t[:8] for t in train)])  # fmt: skip
+    near = WeightBaselines.from_dataset(str(run / "dataset")).nearest(enc.encode([text]).pooled[0])
+    shipped = tmp_path / "shipped"  # base and generator, no dataset/
+    shipped.mkdir()
+    for part in ("base", "generator"):
+        (shipped / part).symlink_to(run / part)
+    for root, nearest in ((run, near[0]), (shipped, None)):
+        lora, picked = _initial("picked", text, ModelDir.find(root), preset, enc, train, state)
+        want = pick_candidates(gen, nearest)
+        assert set(picked["l1"]) == set(want)
+        assert picked["chosen"] == min(picked["l1"], key=picked["l1"].get)
+        chosen = want[picked["chosen"]]
+        assert lora.keys() == chosen.keys()
+        assert all(torch.allclose(lora[k], chosen[k], atol=1e-6) for k in lora)
+    assert set(picked["l1"]) == {"generated", "scale1.5", "scale2"}
 
 
 @pytest.mark.slow

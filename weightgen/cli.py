@@ -126,7 +126,7 @@ def cmd_benchmark(args) -> int:
 
     from weightgen.config import load_config, save_resolved
     from weightgen.errors import WeightgenError
-    from weightgen.eval.pipeline import run_pipeline
+    from weightgen.eval.pipeline import check_same_recipe, run_pipeline
 
     preset = load_config(args.config, args.set)
     split = getattr(args, "split", None)
@@ -139,6 +139,8 @@ def cmd_benchmark(args) -> int:
         )
     run = Path(args.out)
     check_dir_writable(run)
+    if (run / "generator" / "generator.json").is_file():  # before the run's records are rewritten
+        check_same_recipe(run / "generator", preset.generator)
     report = Path(args.report) if getattr(args, "report", None) else None
     if args.command == "benchmark" and report is None:
         report = run / preset.bench.split

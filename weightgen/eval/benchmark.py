@@ -60,6 +60,11 @@ def check_family_left_out(splits, split: str, run_dataset: Path, gen_meta: dict)
         raise WeightgenError(f"split {split}: the generator was trained on its concepts; {fix}")
 
 
+# BenchConfig fields a fine-tuned concept's runs do not depend on (`pick` adds a method, which
+# the key holds in `methods`; left out, a run keyed before the field existed keeps its key)
+_UNKEYED = ("workers", "concepts", "step0_concepts", "sweep_concepts", "pick")
+
+
 def run_benchmark(
     run: str | Path,
     out: str | Path,
@@ -159,11 +164,7 @@ def run_benchmark(
                     "choices": [choices.knn_k, choices.blend, choices.noise],
                     "generator": ctx.bundle.meta.get("summary"),
                     "run": str(run.resolve()),
-                    "bench": {
-                        k: v
-                        for k, v in cfg.to_dict().items()
-                        if k not in ("workers", "concepts", "step0_concepts", "sweep_concepts")
-                    },
+                    "bench": {k: v for k, v in cfg.to_dict().items() if k not in _UNKEYED},
                 }
             )
         )
