@@ -10,17 +10,19 @@
 set -e
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
-PIN=${V2_PIN:-HEAD}
+PIN=${V2_PIN:-cd4cc65}  # picked, the recipe check before reuse
 WT=${V2_WORKTREE:-/work/v2}
 [ -d "$WT/weightgen" ] || git worktree add -f "$WT" "$PIN" --detach
+[ "$(git -C "$WT" rev-parse HEAD)" = "$(git rev-parse "$PIN^{commit}")" ] || git -C "$WT" checkout -q --detach "$PIN"
 [ -x .venv/bin/weightgen ] || make venv
 RUN=$REPO/runs/tiny-v2
 mkdir -p "$RUN"
 for part in base dataset; do [ -e "$RUN/$part" ] || ln -s ../tiny/$part "$RUN/$part"; done
-if [ ! -f "$RUN/generator/generator.json" ]; then
-  mkdir -p "$RUN/generator"
+if [ ! -f "$RUN/generator/generator.json" ]; then  # copied whole, then moved in place
+  rm -rf "$RUN/.generator.tmp" && mkdir -p "$RUN/.generator.tmp"
   src=$REPO/runs/tiny/levers/ablations/pairs/generator
-  for f in "$src"/*; do [ "$(basename "$f")" = checkpoints ] || cp -r "$f" "$RUN/generator/"; done
+  for f in "$src"/*; do [ "$(basename "$f")" = checkpoints ] || cp -r "$f" "$RUN/.generator.tmp/"; done
+  rm -rf "$RUN/generator" && mv "$RUN/.generator.tmp" "$RUN/generator"
 fi
 cd "$WT"  # Ray puts the driver's working directory first on its workers' sys.path
 export PYTHONPATH=$WT DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled
