@@ -163,7 +163,7 @@ class PairScorer:
 
 def scale_delta(lora: dict[str, torch.Tensor], s: float) -> dict[str, torch.Tensor]:
     """The LoRA with every B multiplied by `s`: each update B @ A scaled by exactly s, A (the
-    collection's shared-seed basis) kept."""
+    basis the update is expressed in) kept."""
     return {k: v * s if ".lora_B." in k else v for k, v in lora.items()}
 
 
