@@ -725,7 +725,8 @@ def test_picked_start_is_the_chosen_candidate_with_or_without_retrieval(run, tmp
     for part in ("base", "generator"):
         (shipped / part).symlink_to(run / part)
     for root, nearest in ((run, near[0]), (shipped, None)):
-        lora, picked = _initial("picked", text, ModelDir.find(root), preset, enc, train, state)
+        lora, picked = _initial("picked", text, ModelDir.find(root), preset, enc,
+                                enc.encode([text]), train, state)  # fmt: skip
         want = pick_candidates(gen, nearest)
         assert set(picked["l1"]) == set(want)
         assert picked["chosen"] == min(picked["l1"], key=picked["l1"].get)

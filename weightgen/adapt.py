@@ -189,7 +189,7 @@ def _train(source, text, md, base_state, preset, init, steps, compare, out: Path
     tb = enc.encode([text])
 
     t0 = time.perf_counter()
-    init_lora, picked = _initial(init, text, md, preset, enc, train, base_state)
+    init_lora, picked = _initial(init, text, md, preset, enc, tb, train, base_state)
     init_s = time.perf_counter() - t0
 
     budget = steps or MAX_STEPS
@@ -264,10 +264,11 @@ def _train(source, text, md, base_state, preset, init, steps, compare, out: Path
     return summary
 
 
-def _initial(init: str, text: str, md: ModelDir, preset, enc, train, base_state):
+def _initial(init: str, text: str, md: ModelDir, preset, enc, tb, train, base_state):
     """(the initial LoRA of `init` (None: LoRA from zero), for `picked` {"chosen", "l1": {candidate:
     loss}}); a generator trained with pair features also reads the training pairs `train` ((x, y),
-    as fine-tuning uses them), and `picked` scores its candidates on those same pairs."""
+    as fine-tuning uses them), and `picked` scores its candidates on those same pairs. `tb`: the
+    text's TextBatch from `enc`."""
     if init == "zero":
         return None, None
     from weightgen.initial import WeightBaselines, initial_loras
@@ -290,7 +291,6 @@ def _initial(init: str, text: str, md: ModelDir, preset, enc, train, base_state)
     from weightgen.gan import build_concept_model
     from weightgen.initial import PairScorer, pick_by_pairs, pick_candidates
 
-    tb = enc.encode([text])
     near = baselines.nearest(tb.pooled[0])[0] if baselines is not None else None
     model = build_concept_model("lora", preset.gan, preset.lora, base_state)
     score = PairScorer(model, *pairs, tb.tokens[:1], tb.mask[:1])

@@ -324,22 +324,13 @@ def step0_row(
         gen = [blend_loras(gen[i], near[c.id]["lora"], blend) for i, c in enumerate(held)]
     picked: dict[str, int] = {}
     if pick:
-        import time
+        from weightgen.eval.inits import pick_starts
 
-        from weightgen.eval.newconcept import train_pairs
-        from weightgen.gan import build_concept_model
-        from weightgen.initial import PairScorer, pick_by_pairs, pick_candidates
-
-        g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state)
-        scoring = 0.0
-        for i, c in enumerate(held):
-            x, y = (v[:8] for v in train_pairs(c, ctx.preset))
-            t0 = time.perf_counter()  # the candidates and their scoring; the pairs are data
-            score = PairScorer(g, x, y, tb.tokens[i][None], tb.mask[i][None])
-            name, gen[i], _ = pick_by_pairs(pick_candidates(gen[i], near[c.id]["lora"]), score)
-            scoring += time.perf_counter() - t0
-            picked[name] = picked.get(name, 0) + 1
-        per_s += scoring / len(held)
+        chosen = pick_starts(ctx, held, gen, [near[c.id]["lora"] for c in held], tb, 8)
+        gen = [lora for lora, _, _ in chosen]
+        for _, used, _ in chosen:
+            picked[used["picked"]] = picked.get(used["picked"], 0) + 1
+        per_s += sum(s for _, _, s in chosen) / len(held)
     table = step0_table(ctx, held, gen, tb, near)
     g = [table[c]["generated"] for c in table]
     return {

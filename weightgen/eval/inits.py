@@ -206,24 +206,17 @@ def method_inits(
         rand, s = ctx.generate([t for t, _ in drawn], cfg.sample_steps, concepts=others)
         inits["random-text"], offsets["random-text"] = rand, [s] * n
         info["random-text"] = [{"text": t, "concept": cid} for t, cid in drawn]
+    g = None  # the base + LoRA model the pair-scored methods share
+    if PICKED in methods or "best-by-loss" in methods:
+        from weightgen.gan import build_concept_model
+
+        g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state).eval()
     if PICKED in methods:
-        from weightgen.gan import build_concept_model
-        from weightgen.initial import PairScorer, pick_by_pairs, pick_candidates
-
-        g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state).eval()
-        for i, c in enumerate(concepts):
-            x, y = (v[: cfg.best_pairs] for v in train_pairs(c, ctx.preset))
-            t0 = time.perf_counter()  # the candidates and their scoring; the pairs are data
-            score = PairScorer(g, x, y, tb.tokens[i][None], tb.mask[i][None])
-            name, inits[PICKED][i], losses = pick_by_pairs(
-                pick_candidates(gen[i], near[i][0]), score
-            )
-            offsets[PICKED][i] = per_text_s + near_s[i] + time.perf_counter() - t0
-            info[PICKED][i] = {"picked": name, "l1": losses, "nearest": near[i][1]}
+        chosen = pick_starts(ctx, concepts, gen, [x[0] for x in near], tb, cfg.best_pairs, g)
+        for i, (lora, pick_info, s) in enumerate(chosen):
+            inits[PICKED][i], offsets[PICKED][i] = lora, per_text_s + near_s[i] + s
+            info[PICKED][i] = {**pick_info, "nearest": near[i][1]}
     if "best-by-loss" in methods:
-        from weightgen.gan import build_concept_model
-
-        g = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state).eval()
         for i, c in enumerate(concepts):
             x, y = (v[: cfg.best_pairs] for v in train_pairs(c, ctx.preset))
             t0 = time.perf_counter()  # the scoring; the pairs are every method's data
@@ -233,3 +226,25 @@ def method_inits(
             inits["best-by-loss"][i], offsets["best-by-loss"][i] = lora, time.perf_counter() - t0
             info["best-by-loss"][i] = {"concept": cid, "l1": loss}
     return inits, offsets, info
+
+
+def pick_starts(ctx, concepts, gen, near, tb, n_pairs: int, model=None) -> list[tuple]:
+    """Per concept (the `picked` start: weightgen.initial.pick_candidates of its generated and
+    nearest LoRA with the lowest L1 on its first `n_pairs` training pairs, {"picked": name, "l1":
+    {candidate: loss}}, seconds making and scoring the candidates; making the pairs, every method's
+    data, is not timed). `tb`: the concepts' TextBatch; `model`: a base + LoRA model to score with
+    (built when None)."""
+    from weightgen.eval.newconcept import train_pairs
+    from weightgen.gan import build_concept_model
+    from weightgen.initial import PairScorer, pick_by_pairs, pick_candidates
+
+    if model is None:
+        model = build_concept_model("lora", ctx.preset.gan, ctx.preset.lora, ctx.base_state)
+    out = []
+    for i, c in enumerate(concepts):
+        x, y = (v[:n_pairs] for v in train_pairs(c, ctx.preset))
+        t0 = time.perf_counter()
+        score = PairScorer(model, x, y, tb.tokens[i][None], tb.mask[i][None])
+        name, lora, losses = pick_by_pairs(pick_candidates(gen[i], near[i]), score)
+        out.append((lora, {"picked": name, "l1": losses}, time.perf_counter() - t0))
+    return out
